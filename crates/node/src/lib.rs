@@ -1,0 +1,1 @@
+//! The Palisade edge node.

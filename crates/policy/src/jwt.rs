@@ -1,0 +1,318 @@
+//! JWT verification (SPEC section 3, step 10): key by `kid` (or the only key), the
+//! header's `alg` pinned to the key's algorithm, signature, then claims checked here
+//! against an injected clock: `exp` required, `nbf`, `iat`, `iss`, `aud` with leeway, an
+//! optional maximum lifetime, and revocations.
+//!
+//! Errors say only which refusal code applies plus a short static reason for the audit
+//! record; they never carry the token, a claim value or key material.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Why a token was refused. The code maps to SPEC section 3's table; `reason` is for the
+/// audit log only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token_invalid ({0})")]
+    Invalid(&'static str),
+    #[error("token_expired")]
+    Expired,
+    #[error("token_revoked")]
+    Revoked,
+}
+
+impl TokenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Invalid(_) => "token_invalid",
+            TokenError::Expired => "token_expired",
+            TokenError::Revoked => "token_revoked",
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Invalid(r) => r,
+            TokenError::Expired => "expired",
+            TokenError::Revoked => "revoked",
+        }
+    }
+}
+
+/// A verified token's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    pub iat: Option<u64>,
+    pub jti: Option<String>,
+    pub kid: Option<String>,
+    /// The verified claims as base64url JSON (the token's payload segment), for
+    /// `X-Palisade-Claims`. Not a credential: it carries no signature.
+    pub claims_b64: String,
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: Option<String>,
+    exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
+    iat: Option<serde_json::Value>,
+    iss: Option<String>,
+    aud: Option<Audience>,
+    jti: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A NumericDate: integer seconds (fractions truncated). Anything else is malformed.
+fn numeric_date(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+pub struct Key {
+    pub kid: String,
+    pub alg: Algorithm,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Key").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    pub fn new(kid: String, alg: Algorithm, decoding: DecodingKey) -> Self {
+        let mut validation = Validation::new(alg);
+        // Claims are checked by `Verifier` against its own clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::new();
+        Key { kid, alg, decoding, validation }
+    }
+}
+
+/// Revocations compiled for lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations {
+    pub subs: HashSet<String>,
+    pub jtis: HashSet<String>,
+    /// sub -> tokens with `iat` before this (unix seconds) are revoked.
+    pub issued_before: HashMap<String, u64>,
+}
+
+impl Revocations {
+    pub fn is_revoked(&self, sub: &str, jti: Option<&str>, iat: Option<u64>) -> bool {
+        if self.subs.contains(sub) {
+            return true;
+        }
+        if jti.is_some_and(|j| self.jtis.contains(j)) {
+            return true;
+        }
+        match self.issued_before.get(sub) {
+            // No `iat` cannot prove the token is newer: fail closed.
+            Some(t) => iat.is_none_or(|iat| iat < *t),
+            None => false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty() && self.jtis.is_empty() && self.issued_before.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Verifier {
+    keys: HashMap<String, Arc<Key>>,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    leeway: u64,
+    max_lifetime: Option<u64>,
+    pub revocations: Revocations,
+}
+
+impl Verifier {
+    pub fn new(
+        keys: Vec<Key>,
+        issuer: Option<String>,
+        audience: Vec<String>,
+        leeway: u64,
+        max_lifetime: Option<u64>,
+        revocations: Revocations,
+    ) -> Self {
+        let keys = keys.into_iter().map(|k| (k.kid.clone(), Arc::new(k))).collect();
+        Verifier { keys, issuer, audience, leeway, max_lifetime, revocations }
+    }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Whether the token names a `kid` this verifier does not know (for a JWKS refetch).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    fn select_key(&self, kid: Option<&str>) -> Result<&Key, TokenError> {
+        match kid {
+            Some(kid) => self.keys.get(kid).map(Arc::as_ref).ok_or(TokenError::Invalid("unknown_kid")),
+            None if self.keys.len() == 1 => Ok(self.keys.values().next().map(Arc::as_ref).ok_or(TokenError::Invalid("no_key"))?),
+            None => Err(TokenError::Invalid("kid_required")),
+        }
+    }
+
+    /// Verifies a compact JWS at time `now` (unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.len() > 16 * 1024 || token.bytes().filter(|b| *b == b'.').count() != 2 {
+            return Err(TokenError::Invalid("malformed"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed_header"))?;
+        let key = self.select_key(header.kid.as_deref())?;
+        if header.alg != key.alg {
+            // Pins the algorithm to the key: no `none`, no HS/RS confusion.
+            return Err(TokenError::Invalid("alg_mismatch"));
+        }
+        let data = jsonwebtoken::decode::<RawClaims>(token, &key.decoding, &key.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            TokenError::Invalid(match e.kind() {
+                K::InvalidSignature => "bad_signature",
+                K::InvalidAlgorithm => "alg_mismatch",
+                K::Json(_) | K::InvalidClaimFormat(_) => "malformed_claims",
+                _ => "malformed",
+            })
+        })?;
+        let c = data.claims;
+        let exp = c.exp.as_ref().ok_or(TokenError::Invalid("missing_exp"))?;
+        let exp = numeric_date(exp).ok_or(TokenError::Invalid("malformed_exp"))?;
+        let sub = c.sub.filter(|s| !s.is_empty()).ok_or(TokenError::Invalid("missing_sub"))?;
+        let nbf = c.nbf.as_ref().map(|v| numeric_date(v).ok_or(TokenError::Invalid("malformed_nbf"))).transpose()?;
+        let iat = c.iat.as_ref().map(|v| numeric_date(v).ok_or(TokenError::Invalid("malformed_iat"))).transpose()?;
+
+        if let Some(iss) = &self.issuer
+            && c.iss.as_deref() != Some(iss.as_str())
+        {
+            return Err(TokenError::Invalid("bad_iss"));
+        }
+        if !self.audience.is_empty() {
+            let ok = match &c.aud {
+                Some(Audience::One(a)) => self.audience.contains(a),
+                Some(Audience::Many(v)) => v.iter().any(|a| self.audience.contains(a)),
+                None => false,
+            };
+            if !ok {
+                return Err(TokenError::Invalid("bad_aud"));
+            }
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(TokenError::Invalid("not_yet_valid"));
+        }
+        if iat.is_some_and(|iat| iat > now.saturating_add(self.leeway)) {
+            return Err(TokenError::Invalid("issued_in_future"));
+        }
+        if let Some(max) = self.max_lifetime {
+            let start = iat.or(nbf).unwrap_or(now);
+            if exp.saturating_sub(start) > max.saturating_add(self.leeway) {
+                return Err(TokenError::Invalid("lifetime_exceeded"));
+            }
+        }
+        if exp.saturating_add(self.leeway) <= now {
+            return Err(TokenError::Expired);
+        }
+        if self.revocations.is_revoked(&sub, c.jti.as_deref(), iat) {
+            return Err(TokenError::Revoked);
+        }
+        let claims_b64 = token.split('.').nth(1).unwrap_or_default().to_owned();
+        Ok(Claims { sub, exp, iat, jti: c.jti, kid: header.kid, claims_b64 })
+    }
+}
+
+/// Parses an algorithm name of SPEC section 7.
+pub fn parse_alg(s: &str) -> Option<Algorithm> {
+    match s {
+        "HS256" => Some(Algorithm::HS256),
+        "HS384" => Some(Algorithm::HS384),
+        "HS512" => Some(Algorithm::HS512),
+        "RS256" => Some(Algorithm::RS256),
+        "RS384" => Some(Algorithm::RS384),
+        "RS512" => Some(Algorithm::RS512),
+        "PS256" => Some(Algorithm::PS256),
+        "ES256" => Some(Algorithm::ES256),
+        "ES384" => Some(Algorithm::ES384),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+pub fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "unknown",
+    }
+}
+
+/// Builds the decoding key for `alg` from a PEM public key or a base64 HMAC secret.
+pub fn decoding_key(alg: Algorithm, public_key_pem: Option<&str>, secret_base64: Option<&str>) -> Result<DecodingKey, String> {
+    use jsonwebtoken::Algorithm as A;
+    match (alg, public_key_pem, secret_base64) {
+        (A::HS256 | A::HS384 | A::HS512, None, Some(secret)) => {
+            let bytes = decode_base64_any(secret).ok_or("secret_base64 is not valid base64")?;
+            let min = match alg {
+                A::HS256 => 32,
+                A::HS384 => 48,
+                _ => 64,
+            };
+            if bytes.len() < min {
+                return Err(format!("an {} secret needs at least {min} bytes", alg_name(alg)));
+            }
+            Ok(DecodingKey::from_secret(&bytes))
+        }
+        (A::HS256 | A::HS384 | A::HS512, _, _) => Err("HMAC keys take secret_base64 and no public_key_pem".into()),
+        (_, Some(pem), None) => {
+            let pem = pem.as_bytes();
+            let key = match alg {
+                A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => DecodingKey::from_rsa_pem(pem),
+                A::ES256 | A::ES384 => DecodingKey::from_ec_pem(pem),
+                A::EdDSA => DecodingKey::from_ed_pem(pem),
+                _ => return Err("unsupported algorithm".into()),
+            };
+            key.map_err(|_| format!("public_key_pem is not a {} public key in PEM", alg_name(alg)))
+        }
+        _ => Err("asymmetric keys take public_key_pem and no secret_base64".into()),
+    }
+}
+
+fn decode_base64_any(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let s = s.trim();
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(s).ok())
+}
+
+#[cfg(test)]
+mod tests;
