@@ -1,1 +1,24 @@
-fn main() {}
+#![forbid(unsafe_code)]
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    // One crypto provider for the whole process (see DEPENDENCIES.md).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // clap exits with 2 on usage errors.
+    let cli = palisade::cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(palisade::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

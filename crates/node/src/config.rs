@@ -1,0 +1,246 @@
+//! Static node configuration (TOML, overridable by `PALISADE_*` environment variables):
+//! listeners, TLS files, trusted proxies, routes, the bootstrap policy. Policy (origins,
+//! keys, limits) is not here: it arrives versioned from the control plane or etcd.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique node id; defaults to the host name plus the WSS port.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    pub listen: Listen,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Bootstrap policy file (YAML or JSON), applied as version 1 at start when no newer
+    /// policy arrives. Without one the node is not ready until a policy is pushed.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
+    #[serde(default = "default_drain")]
+    pub drain_deadline_seconds: u64,
+    /// How many connections over a cap still get a proper 429/503 answer at once; beyond
+    /// that, over-cap sockets are closed without a word (cheapest under a flood).
+    #[serde(default = "default_refusal_lane")]
+    pub refusal_lane: usize,
+}
+
+fn default_cluster() -> String {
+    "default".into()
+}
+fn default_drain() -> u64 {
+    30
+}
+fn default_refusal_lane() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub wss: SocketAddr,
+    #[serde(default)]
+    pub control: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Rustls,
+    /// A load balancer terminates TLS: plain listener, trusted proxies only.
+    Offloaded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub mode: TlsMode,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// How often certificate files are checked for changes.
+    #[serde(default = "default_reload")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload() -> u64 {
+    2_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub path: String,
+    /// `echo`, or an upstream `ws://` / `wss://` URL.
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// CA file for a `wss://` upstream (else the upstream certificate is checked against
+    /// this file only; there are no system roots on purpose).
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub allow_binary: bool,
+    /// JSON Schema file that every text message must satisfy.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid node configuration: {0}")]
+    Parse(String),
+    #[error("invalid node configuration: {field}: {message}")]
+    Field { field: String, message: String },
+}
+
+fn field(f: &str, m: impl Into<String>) -> ConfigError {
+    ConfigError::Field { field: f.into(), message: m.into() }
+}
+
+impl NodeConfig {
+    pub fn load(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg = NodeConfig::from_toml(&text)?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        // Relative paths are relative to the configuration file.
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// `PALISADE_NODE_ID`, `PALISADE_CLUSTER`, `PALISADE_WSS_ADDR`, `PALISADE_CONTROL_ADDR`,
+    /// `PALISADE_TLS_CERT`, `PALISADE_TLS_KEY`, `PALISADE_POLICY_FILE`,
+    /// `PALISADE_TRUSTED_PROXIES` (comma-separated CIDRs).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("PALISADE_NODE_ID") {
+            self.id = Some(v);
+        }
+        if let Some(v) = get("PALISADE_CLUSTER") {
+            self.cluster = v;
+        }
+        if let Some(v) = get("PALISADE_WSS_ADDR") {
+            self.listen.wss = v.parse().map_err(|_| field("PALISADE_WSS_ADDR", "not a socket address"))?;
+        }
+        if let Some(v) = get("PALISADE_CONTROL_ADDR") {
+            self.listen.control = Some(v.parse().map_err(|_| field("PALISADE_CONTROL_ADDR", "not a socket address"))?);
+        }
+        if let Some(v) = get("PALISADE_TLS_CERT") {
+            self.tls.cert = Some(v.into());
+        }
+        if let Some(v) = get("PALISADE_TLS_KEY") {
+            self.tls.key = Some(v.into());
+        }
+        if let Some(v) = get("PALISADE_POLICY_FILE") {
+            self.policy_file = Some(v.into());
+        }
+        if let Some(v) = get("PALISADE_TRUSTED_PROXIES") {
+            self.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().map_err(|_| field("PALISADE_TRUSTED_PROXIES", format!("`{s}` is not a CIDR"))))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
+        };
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.policy_file);
+        for r in &mut self.routes {
+            fix(&mut r.upstream_ca);
+            fix(&mut r.schema);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.tls.mode {
+            TlsMode::Rustls => {
+                if self.tls.cert.is_none() {
+                    return Err(field("tls.cert", "required unless tls.mode = \"offloaded\""));
+                }
+                if self.tls.key.is_none() {
+                    return Err(field("tls.key", "required unless tls.mode = \"offloaded\""));
+                }
+            }
+            TlsMode::Offloaded => {
+                if self.trusted_proxies.is_empty() {
+                    return Err(field("trusted_proxies", "tls.mode = \"offloaded\" accepts only trusted proxies: list them"));
+                }
+            }
+        }
+        if self.routes.is_empty() {
+            return Err(field("routes", "at least one route is required"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
+                return Err(field(&format!("routes[{i}].path"), "must be an absolute path without query"));
+            }
+            if ["/healthz", "/readyz", "/v1/tickets"].contains(&r.path.as_str()) {
+                return Err(field(&format!("routes[{i}].path"), "is reserved"));
+            }
+            if !seen.insert(r.path.as_str()) {
+                return Err(field(&format!("routes[{i}].path"), "is listed twice"));
+            }
+            match (&r.upstream, r.echo) {
+                (Some(_), true) | (None, false) => {
+                    return Err(field(&format!("routes[{i}]"), "needs exactly one of `echo = true` or `upstream`"));
+                }
+                (Some(u), false) if !(u.starts_with("ws://") || u.starts_with("wss://")) => {
+                    return Err(field(&format!("routes[{i}].upstream"), "must be a ws:// or wss:// URL"));
+                }
+                _ => {}
+            }
+        }
+        if self.drain_deadline_seconds > 3600 {
+            return Err(field("drain_deadline_seconds", "must be at most 3600"));
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into());
+            format!("{host}-{}", self.listen.wss.port())
+        })
+    }
+
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain_deadline_seconds)
+    }
+}

@@ -1,0 +1,124 @@
+//! The node's shared state: configuration, the live policy, limiters, the session
+//! registry. One `Arc<NodeState>` per node; every connection task holds a clone.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use palisade_policy::RateSpec;
+use palisade_policy::client_addr::TrustedProxies;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{NodeConfig, RouteConfig};
+use crate::limiter::{RateLimiter, Slots};
+use crate::policy_store::PolicyStore;
+use crate::registry::Registry;
+use crate::tickets::MemoryTickets;
+
+#[derive(Debug)]
+pub enum RouteKind {
+    Echo,
+    Upstream { url: String },
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path: String,
+    pub kind: RouteKind,
+    pub allow_binary: bool,
+}
+
+impl Route {
+    pub fn from_config(r: &RouteConfig) -> Route {
+        let kind = match &r.upstream {
+            Some(u) => RouteKind::Upstream { url: u.clone() },
+            None => RouteKind::Echo,
+        };
+        Route { path: r.path.clone(), kind, allow_binary: r.allow_binary }
+    }
+}
+
+/// Node-wide counters for stats and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub handshakes_accepted: AtomicU64,
+    pub handshakes_refused: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+pub struct NodeState {
+    pub id: String,
+    pub cluster: String,
+    pub config: NodeConfig,
+    pub started: SystemTime,
+    pub policy: PolicyStore,
+    pub routes: HashMap<String, Arc<Route>>,
+    pub trusted: TrustedProxies,
+    pub ip_rate: RateLimiter<IpAddr>,
+    pub user_rate: RateLimiter<String>,
+    pub ip_slots: Arc<Slots<IpAddr>>,
+    pub user_slots: Arc<Slots<String>>,
+    /// Open client connections, including those still in the handshake.
+    pub open: AtomicU64,
+    pub refusal_lane: Arc<Semaphore>,
+    pub draining: AtomicBool,
+    pub drain_tx: watch::Sender<bool>,
+    pub tickets: MemoryTickets,
+    pub registry: Registry,
+    pub counters: Counters,
+}
+
+impl NodeState {
+    pub fn new(config: NodeConfig) -> Arc<NodeState> {
+        let routes = config.routes.iter().map(|r| (r.path.clone(), Arc::new(Route::from_config(r)))).collect();
+        let placeholder = RateSpec { per_second: 1.0, burst: 1 };
+        Arc::new(NodeState {
+            id: config.node_id(),
+            cluster: config.cluster.clone(),
+            started: SystemTime::now(),
+            policy: PolicyStore::default(),
+            routes,
+            trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+            ip_rate: RateLimiter::new(placeholder),
+            user_rate: RateLimiter::new(placeholder),
+            ip_slots: Arc::default(),
+            user_slots: Arc::default(),
+            open: AtomicU64::new(0),
+            refusal_lane: Arc::new(Semaphore::new(config.refusal_lane)),
+            draining: AtomicBool::new(false),
+            drain_tx: watch::channel(false).0,
+            tickets: MemoryTickets::default(),
+            registry: Registry::default(),
+            counters: Counters::default(),
+            config,
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready: a valid policy and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.policy.load().is_some()
+    }
+
+    /// The handshake deadline: the policy's, or the default before any policy.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.policy.load().map_or(Duration::from_secs(5), |p| p.limits.handshake_timeout)
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+pub struct OpenGuard(pub Arc<NodeState>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,151 @@
+//! Command line: `palisade node`, `dev`, `token`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "palisade", version, about = "Secure WebSocket edge: nodes, controller, dev fleet, operator commands")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run an edge node.
+    Node {
+        #[arg(long, env = "PALISADE_CONFIG")]
+        config: PathBuf,
+    },
+    /// The whole fleet on this machine, with dev certificates, key and policy under --dir.
+    Dev {
+        #[arg(long, default_value = "palisade-dev")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// etcd endpoint; without it an in-process registry is used.
+        #[arg(long)]
+        etcd: Option<String>,
+        /// Upstream WebSocket server for the /app route.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Dev and test helpers for JWTs.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Mint a token with a private key (PKCS#8 PEM) or an HMAC secret (base64 file).
+    Mint {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        #[arg(long)]
+        kid: Option<String>,
+        /// Algorithm; inferred from the key when omitted.
+        #[arg(long)]
+        alg: Option<String>,
+        #[arg(long)]
+        aud: Option<String>,
+        #[arg(long)]
+        iss: Option<String>,
+        #[arg(long)]
+        jti: Option<String>,
+    },
+    /// Decode a token; with --policy, verify it as a node would.
+    Check {
+        token: String,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PALISADE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node { config } => {
+            init_logging();
+            let cfg = palisade_node::NodeConfig::load(&config)?;
+            let node = palisade_node::Node::bind(cfg).await?;
+            let handle = node.spawn();
+            wait_for_shutdown().await;
+            handle.drain().await;
+            handle.join().await;
+            Ok(())
+        }
+        Command::Dev { dir, nodes, etcd, upstream } => {
+            init_logging();
+            crate::dev::run(crate::dev::DevOptions { dir, nodes, etcd, upstream }).await
+        }
+        Command::Token { command } => match command {
+            TokenCommand::Mint { key, sub, ttl, kid, alg, aud, iss, jti } => {
+                let key_text = std::fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+                let token = crate::token::mint(&crate::token::MintArgs {
+                    key_text: &key_text,
+                    alg: alg.as_deref(),
+                    kid: kid.as_deref(),
+                    sub: &sub,
+                    ttl_seconds: crate::token::parse_ttl(&ttl)?,
+                    aud: aud.as_deref(),
+                    iss: iss.as_deref(),
+                    jti: jti.as_deref(),
+                })?;
+                println!("{token}");
+                Ok(())
+            }
+            TokenCommand::Check { token, policy } => {
+                let policy = match policy {
+                    Some(p) => {
+                        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                        Some(palisade_policy::Policy::from_yaml_or_json(&text)?)
+                    }
+                    None => None,
+                };
+                let out = crate::token::check(&token, policy.as_ref())?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                if out.get("verification").is_some_and(|v| v != "valid") {
+                    anyhow::bail!("token refused: {}", out["verification"]);
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,183 @@
+//! `palisade dev`: the whole fleet on one machine (SPEC sections 2 and 11).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use palisade_node::config::{Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
+use palisade_node::{Node, NodeHandle};
+
+use crate::pki;
+
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub etcd: Option<String>,
+    pub upstream: Option<String>,
+}
+
+/// The files of SPEC section 11, created when missing and reused when present.
+pub struct DevFiles {
+    pub ca: PathBuf,
+    pub wss_cert: PathBuf,
+    pub wss_key: PathBuf,
+    pub operator_cert: PathBuf,
+    pub operator_key: PathBuf,
+    pub signing_key: PathBuf,
+    pub policy: PathBuf,
+    pub endpoints: PathBuf,
+}
+
+impl DevFiles {
+    pub fn in_dir(dir: &Path) -> DevFiles {
+        DevFiles {
+            ca: dir.join("ca.pem"),
+            wss_cert: dir.join("wss.pem"),
+            wss_key: dir.join("wss-key.pem"),
+            operator_cert: dir.join("operator.pem"),
+            operator_key: dir.join("operator-key.pem"),
+            signing_key: dir.join("signing-key.pem"),
+            policy: dir.join("policy.yaml"),
+            endpoints: dir.join("endpoints.json"),
+        }
+    }
+}
+
+/// Writes whatever is missing. The CA key stays in `ca-key.pem` so that certificates
+/// can be added later for the same CA.
+pub fn ensure_files(dir: &Path) -> anyhow::Result<DevFiles> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let f = DevFiles::in_dir(dir);
+    let ca_key_path = dir.join("ca-key.pem");
+    let ca = if f.ca.exists() && ca_key_path.exists() {
+        pki::Ca { cert_pem: std::fs::read_to_string(&f.ca)?, key_pem: std::fs::read_to_string(&ca_key_path)? }
+    } else {
+        let ca = pki::new_ca(pki::DEV_CA_NAME)?;
+        std::fs::write(&f.ca, &ca.cert_pem)?;
+        pki::write_private(&ca_key_path, &ca.key_pem)?;
+        // A new CA invalidates every certificate it did not sign.
+        for p in [&f.wss_cert, &f.operator_cert] {
+            let _ = std::fs::remove_file(p);
+        }
+        ca
+    };
+    if !f.wss_cert.exists() || !f.wss_key.exists() {
+        let leaf = pki::new_leaf(&ca, pki::DEV_CA_NAME, "localhost", &["localhost", "127.0.0.1"], true, true)?;
+        std::fs::write(&f.wss_cert, &leaf.cert_pem)?;
+        pki::write_private(&f.wss_key, &leaf.key_pem)?;
+    }
+    if !f.operator_cert.exists() || !f.operator_key.exists() {
+        let leaf = pki::new_leaf(&ca, pki::DEV_CA_NAME, "operator", &["operator"], false, true)?;
+        std::fs::write(&f.operator_cert, &leaf.cert_pem)?;
+        pki::write_private(&f.operator_key, &leaf.key_pem)?;
+    }
+    if !f.signing_key.exists() {
+        let (private, _) = pki::new_signing_key()?;
+        pki::write_private(&f.signing_key, &private)?;
+    }
+    if !f.policy.exists() {
+        let public = pki::public_key_pem(&std::fs::read_to_string(&f.signing_key)?)?;
+        std::fs::write(&f.policy, bootstrap_policy(&public))?;
+    }
+    Ok(f)
+}
+
+/// The dev bootstrap policy: the dev key, localhost origins, and native clients (no
+/// Origin) allowed, since websocat and grpc tools send none.
+pub fn bootstrap_policy(public_pem: &str) -> String {
+    let mut p = palisade_policy::Policy::default();
+    p.origins.allow = vec!["https://localhost".into(), "http://localhost".into()];
+    p.origins.allow_missing = true;
+    p.auth.keys = vec![palisade_policy::model::KeyDoc {
+        kid: "dev".into(),
+        alg: "ES256".into(),
+        public_key_pem: Some(public_pem.into()),
+        secret_base64: None,
+    }];
+    format!("# Palisade dev bootstrap policy (SPEC section 7). Edit and restart, or push a new version.\n{}", p.to_yaml())
+}
+
+pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeConfig {
+    let mut routes = vec![RouteConfig { path: "/echo".into(), echo: true, upstream: None, upstream_ca: None, allow_binary: true, schema: None }];
+    if let Some(u) = upstream {
+        routes.push(RouteConfig { path: "/app".into(), echo: false, upstream: Some(u.into()), upstream_ca: None, allow_binary: true, schema: None });
+    }
+    NodeConfig {
+        id: Some(id.into()),
+        cluster: "dev".into(),
+        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
+        tls: TlsConfig { mode: TlsMode::Rustls, cert: Some(files.wss_cert.clone()), key: Some(files.wss_key.clone()), reload_interval_ms: 2000 },
+        trusted_proxies: Vec::new(),
+        routes,
+        policy_file: Some(files.policy.clone()),
+        drain_deadline_seconds: 5,
+        refusal_lane: 64,
+    }
+}
+
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    if opts.nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
+    if opts.etcd.is_some() {
+        anyhow::bail!("--etcd is not available in this build yet: the in-process registry is used without it");
+    }
+    let files = ensure_files(&opts.dir)?;
+    let _ = std::fs::remove_file(&files.endpoints);
+    let mut handles: Vec<NodeHandle> = Vec::new();
+    for i in 1..=opts.nodes {
+        let cfg = node_config(&files, &format!("dev-node-{i}"), opts.upstream.as_deref());
+        let node = Node::bind(cfg).await?;
+        handles.push(node.spawn());
+    }
+    let nodes: Vec<serde_json::Value> = handles
+        .iter()
+        .map(|h| serde_json::json!({"id": h.state.id, "wss": format!("wss://127.0.0.1:{}", h.wss_addr.port()), "control": null}))
+        .collect();
+    let endpoints = serde_json::json!({"controller": null, "nodes": nodes});
+    std::fs::write(&files.endpoints, serde_json::to_string_pretty(&endpoints)?)?;
+
+    let token = crate::token::mint(&crate::token::MintArgs {
+        key_text: &std::fs::read_to_string(&files.signing_key)?,
+        alg: None,
+        kid: Some("dev"),
+        sub: "alice",
+        ttl_seconds: 3600,
+        aud: None,
+        iss: None,
+        jti: None,
+    })?;
+    print_banner(&opts, &files, &handles, &token);
+
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("draining...");
+    futures_util::future::join_all(handles.iter().map(|h| h.drain())).await;
+    for h in handles {
+        h.join().await;
+    }
+    Ok(())
+}
+
+fn print_banner(opts: &DevOptions, files: &DevFiles, handles: &[NodeHandle], token: &str) {
+    let dir = opts.dir.display();
+    let first = handles.first().map(|h| h.wss_addr.port()).unwrap_or(0);
+    println!("Palisade dev fleet: {} node(s), files in {dir}", handles.len());
+    for h in handles {
+        println!("  node {:<12} wss://127.0.0.1:{}/echo", h.state.id, h.wss_addr.port());
+    }
+    if opts.upstream.is_some() {
+        println!("  route /app bridges to {}", opts.upstream.as_deref().unwrap_or_default());
+    }
+    println!();
+    println!("Test token (sub=alice, 1 h):");
+    println!("{token}");
+    println!();
+    println!("Try it:");
+    println!(
+        "  echo hello | SSL_CERT_FILE={ca} websocat -n1 'wss://127.0.0.1:{first}/echo' -H 'Authorization: Bearer {token}'",
+        ca = files.ca.display()
+    );
+    println!("  palisade token mint --key {} --kid dev --sub bob --ttl 15m", files.signing_key.display());
+    println!();
+    println!("Endpoints: {}", files.endpoints.display());
+    println!("Ctrl-C drains and exits.");
+}
