@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod http;
 pub mod limiter;
 pub mod node;
+pub mod pki;
 pub mod policy_store;
 pub mod refusal;
 pub mod registry;

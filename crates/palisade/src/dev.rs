@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use palisade_node::config::{Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
 use palisade_node::{Node, NodeHandle};
 
-use crate::pki;
+use palisade_node::pki;
 
 pub struct DevOptions {
     pub dir: PathBuf,

@@ -2,5 +2,4 @@
 
 pub mod cli;
 pub mod dev;
-pub mod pki;
 pub mod token;

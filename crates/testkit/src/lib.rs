@@ -1,1 +1,338 @@
-//! Test helpers.
+//! Test-only helpers: a test PKI, signing keys of every algorithm family, nodes on free
+//! loopback ports, and real clients (rustls + tokio-tungstenite, and a raw HTTP/1.1
+//! client over TLS for malformed requests no WebSocket client would send).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use palisade_node::config::{Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
+use palisade_node::{Node, NodeHandle, pki};
+use palisade_policy::Policy;
+use palisade_policy::mint::SigningKey;
+use palisade_policy::model::KeyDoc;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
+
+pub use tokio_tungstenite::tungstenite::Message;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A private key (PKCS#8 PEM or base64 HMAC secret) with the policy entry for it.
+pub struct TestKey {
+    pub kid: String,
+    pub alg: &'static str,
+    pub private: String,
+    pub doc: KeyDoc,
+}
+
+impl TestKey {
+    pub fn generate(kid: &str, alg: &'static str) -> TestKey {
+        use base64::Engine as _;
+        let ra: Option<&'static rcgen::SignatureAlgorithm> = match alg {
+            "ES256" => Some(&rcgen::PKCS_ECDSA_P256_SHA256),
+            "ES384" => Some(&rcgen::PKCS_ECDSA_P384_SHA384),
+            "EdDSA" => Some(&rcgen::PKCS_ED25519),
+            "RS256" | "RS384" | "RS512" | "PS256" => Some(&rcgen::PKCS_RSA_SHA256),
+            _ => None,
+        };
+        match ra {
+            Some(ra) => {
+                let kp = rcgen::KeyPair::generate_for(ra).expect("keygen");
+                let doc = KeyDoc { kid: kid.into(), alg: alg.into(), public_key_pem: Some(kp.public_key_pem()), secret_base64: None };
+                TestKey { kid: kid.into(), alg, private: kp.serialize_pem(), doc }
+            }
+            None => {
+                let secret = base64::engine::general_purpose::STANDARD.encode(rand_bytes::<64>());
+                let doc = KeyDoc { kid: kid.into(), alg: alg.into(), public_key_pem: None, secret_base64: Some(secret.clone()) };
+                TestKey { kid: kid.into(), alg, private: secret, doc }
+            }
+        }
+    }
+
+    /// Signs `claims` over the defaults (`sub`, `iat` now, `exp` in 10 minutes).
+    pub fn token(&self, claims: serde_json::Value) -> String {
+        let n = now();
+        let mut c = serde_json::json!({"sub": "alice", "iat": n, "exp": n + 600});
+        if let (Some(m), Some(extra)) = (c.as_object_mut(), claims.as_object()) {
+            for (k, v) in extra {
+                if v.is_null() {
+                    m.remove(k);
+                } else {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        SigningKey::from_text(&self.private, Some(self.alg)).expect("key").sign(Some(&self.kid), &c).expect("sign")
+    }
+
+    pub fn token_for(&self, sub: &str) -> String {
+        self.token(serde_json::json!({"sub": sub}))
+    }
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    aws_lc_fill(&mut b);
+    b
+}
+
+fn aws_lc_fill(b: &mut [u8]) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().secure_random.fill(b);
+}
+
+/// A permissive test policy around `keys`: generous limits, app origins, no missing
+/// Origin.
+pub fn policy(keys: &[&TestKey]) -> Policy {
+    let mut p = Policy::default();
+    p.origins.allow = vec!["https://app.example.com".into(), "https://*.example.com".into()];
+    p.auth.keys = keys.iter().map(|k| k.doc.clone()).collect();
+    p.limits.per_ip.handshakes_per_second = 1000.0;
+    p.limits.per_ip.burst = 1000;
+    p.limits.per_ip.max_connections = 1000;
+    p.limits.per_user.handshakes_per_second = 1000.0;
+    p.limits.per_user.burst = 1000;
+    p.limits.per_user.max_connections = 1000;
+    p
+}
+
+/// Test PKI on disk: CA, WSS server certificate for localhost and 127.0.0.1.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: pki::Ca,
+    pub ca_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+pub const TEST_CA: &str = "Palisade test CA";
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = pki::new_ca(TEST_CA).expect("ca");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca.cert_pem).expect("write");
+        let (cert_path, key_path) = (dir.path().join("wss.pem"), dir.path().join("wss-key.pem"));
+        let pki = Pki { dir, ca, ca_path, cert_path, key_path };
+        pki.issue_wss("localhost");
+        pki
+    }
+
+    /// (Re)issues the WSS certificate with common name `cn`.
+    pub fn issue_wss(&self, cn: &str) {
+        let leaf = pki::new_leaf(&self.ca, TEST_CA, cn, &["localhost", "127.0.0.1"], true, false).expect("leaf");
+        // Key first, then the certificate: a reload sees a consistent pair or keeps the old.
+        std::fs::write(&self.key_path, &leaf.key_pem).expect("write");
+        std::fs::write(&self.cert_path, &leaf.cert_pem).expect("write");
+    }
+
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca.cert_pem.as_bytes()) {
+            roots.add(c.expect("pem")).expect("root");
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(cfg)
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn echo_route() -> RouteConfig {
+    RouteConfig { path: "/echo".into(), echo: true, upstream: None, upstream_ca: None, allow_binary: true, schema: None }
+}
+
+pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
+    NodeConfig {
+        id: Some(format!("test-node-{}", rand_bytes::<4>().iter().map(|b| format!("{b:02x}")).collect::<String>())),
+        cluster: "test".into(),
+        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
+        tls: TlsConfig { mode: TlsMode::Rustls, cert: Some(pki.cert_path.clone()), key: Some(pki.key_path.clone()), reload_interval_ms: 100 },
+        trusted_proxies: Vec::new(),
+        routes: vec![echo_route()],
+        policy_file,
+        drain_deadline_seconds: 2,
+        refusal_lane: 64,
+    }
+}
+
+/// A node on a free loopback port, with its PKI.
+pub struct TestNode {
+    pub pki: Pki,
+    pub handle: NodeHandle,
+    pub addr: SocketAddr,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl TestNode {
+    /// Starts a node serving `policy` (none: the node has no policy and fails closed).
+    pub async fn start(policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        init();
+        let pki = Pki::new();
+        let policy_file = policy.map(|p| {
+            let path = pki.dir.path().join("policy.yaml");
+            std::fs::write(&path, p.to_yaml()).expect("write policy");
+            path
+        });
+        let mut cfg = node_config(&pki, policy_file);
+        tweak(&mut cfg);
+        let node = Node::bind(cfg).await.expect("node binds");
+        let handle = node.spawn();
+        let addr = handle.wss_addr;
+        let tls = pki.client_tls();
+        TestNode { pki, handle, addr, tls }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("wss://127.0.0.1:{}{}", self.addr.port(), path_and_query)
+    }
+
+    /// A WebSocket handshake through tokio-tungstenite over real TLS.
+    pub async fn ws(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+        ws_connect(&self.url(path_and_query), headers, Some(self.tls.clone())).await
+    }
+
+    /// A raw request over TLS; reads the whole response (the node closes after refusals).
+    pub async fn raw(&self, request: &[u8]) -> RawResponse {
+        raw_tls(self.addr, self.tls.clone(), request, None).await
+    }
+}
+
+pub async fn ws_connect(
+    url: &str,
+    headers: &[(&str, &str)],
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
+        req.headers_mut().append(name, http::HeaderValue::from_str(v).expect("header value"));
+    }
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector))
+        .await
+        .map_err(|_| tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))?
+}
+
+/// The refusal of a handshake: status, the `error` code of the JSON body, headers.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub code: String,
+    pub headers: http::HeaderMap,
+}
+
+/// Expects the handshake to be refused and returns what came back.
+pub fn refused(r: Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error>) -> Refused {
+    match r {
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&body)));
+            Refused { status: resp.status().as_u16(), code: v["error"].as_str().unwrap_or_default().to_owned(), headers: resp.headers().clone() }
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok((_, resp)) => panic!("expected a refusal, got {}", resp.status()),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn code(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body).ok().and_then(|v| v["error"].as_str().map(str::to_owned)).unwrap_or_default()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+pub async fn raw_tls(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: &[u8], local: Option<std::net::IpAddr>) -> RawResponse {
+    let tcp = connect_from(addr, local).await;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = connector.connect(name, tcp).await.expect("tls");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    parse_raw(&out)
+}
+
+pub fn parse_raw(out: &[u8]) -> RawResponse {
+    let text = String::from_utf8_lossy(out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    RawResponse { status, head: head.to_owned(), body: body.to_owned() }
+}
+
+/// A TCP connection from a chosen loopback source address (127.0.0.x).
+pub async fn connect_from(addr: SocketAddr, local: Option<std::net::IpAddr>) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(ip) = local {
+        sock.bind(SocketAddr::new(ip, 0)).expect("bind source");
+    }
+    sock.connect(addr).await.expect("connect")
+}
+
+/// A WebSocket upgrade request head for raw tests.
+pub fn upgrade_request(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads the next data message (text or binary), skipping pings and pongs.
+pub async fn next_data(ws: &mut Ws) -> Option<Message> {
+    use futures_util::StreamExt as _;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.ok()?? {
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(m) => return Some(m),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Waits for the close frame and returns its code (None if the socket ended without one).
+pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    use futures_util::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
