@@ -33,7 +33,8 @@ async fn every_carrier_with_every_algorithm_family() {
     for key in &keys {
         let token = key.token(json!({}));
         // Header.
-        let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&token))]).await.unwrap_or_else(|e| panic!("{}: {e}", key.alg));
+        let (mut ws, _) =
+            node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&token))]).await.unwrap_or_else(|e| panic!("{}: {e}", key.alg));
         echo_once(&mut ws, key.alg).await;
         // Subprotocol: the app protocol is echoed, never the token.
         let offered = format!("chat.v1, bearer.{token}");
@@ -280,7 +281,9 @@ async fn forwarded_for_only_from_trusted_proxies() {
     p.limits.per_ip.max_connections = 1;
     let node = TestNode::start(Some(&p), |c| c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")]).await;
     let auth = bearer(&key.token(json!({})));
-    let head = |xff: &str| upgrade_request("/echo", &format!("Origin: https://app.example.com\r\nAuthorization: {auth}\r\nX-Forwarded-For: {xff}\r\n"));
+    let head = |xff: &str| {
+        upgrade_request("/echo", &format!("Origin: https://app.example.com\r\nAuthorization: {auth}\r\nX-Forwarded-For: {xff}\r\n"))
+    };
     // Through the trusted proxy 127.0.0.1, the cap applies to the forwarded address.
     let held = open_raw(&node, &head("198.51.100.1, 203.0.113.7"), Some([127, 0, 0, 1].into())).await;
     assert_eq!(held.1.status, 101);

@@ -3,11 +3,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &[
-    "palisade/policy/v1/policy.proto",
-    "palisade/node/v1/node.proto",
-    "palisade/controller/v1/controller.proto",
-];
+const PROTOS: &[&str] = &["palisade/policy/v1/policy.proto", "palisade/node/v1/node.proto", "palisade/controller/v1/controller.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);

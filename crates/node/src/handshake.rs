@@ -198,10 +198,7 @@ async fn verify(
 
 /// Step 11: per-user handshake rate, then the per-user connection cap.
 fn per_user(state: &NodeState, policy: &CompiledPolicy, sub: &str) -> Result<Slot<String>, Refusal> {
-    state
-        .user_rate
-        .check(policy.limits.per_user_rate, &sub.to_owned())
-        .map_err(|retry_after| Refusal::RateLimited { retry_after })?;
+    state.user_rate.check(policy.limits.per_user_rate, &sub.to_owned()).map_err(|retry_after| Refusal::RateLimited { retry_after })?;
     state.user_slots.try_acquire(sub.to_owned(), policy.limits.per_user_max_connections).ok_or(Refusal::TooManyConnections)
 }
 

@@ -172,10 +172,7 @@ impl<'a> Head<'a> {
 
     /// Every value of a header (repeated headers in order).
     pub fn all(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .filter_map(|h| std::str::from_utf8(h.value).ok())
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).filter_map(|h| std::str::from_utf8(h.value).ok())
     }
 
     /// Whether a comma-separated header contains `token` (case-insensitive).

@@ -40,7 +40,10 @@ impl Node {
         let (tls, cert) = match config.tls.mode {
             TlsMode::Rustls => {
                 let (Some(c), Some(k)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
-                    return Err(NodeError::Bind { addr: config.listen.wss, source: std::io::Error::other("tls.cert and tls.key are required") });
+                    return Err(NodeError::Bind {
+                        addr: config.listen.wss,
+                        source: std::io::Error::other("tls.cert and tls.key are required"),
+                    });
                 };
                 let cert = ReloadingCert::new(c, k)?;
                 (Some(TlsAcceptor::from(tls::server_config(cert.clone())?)), Some(cert))
@@ -56,10 +59,9 @@ impl Node {
             let doc = palisade_policy::Policy::from_yaml_or_json(&text).map_err(|source| NodeError::Policy { path: p.clone(), source })?;
             state.policy.apply(&doc, 1, false).map_err(|e| match e {
                 crate::policy_store::ApplyError::Invalid(source) => NodeError::Policy { path: p.clone(), source },
-                crate::policy_store::ApplyError::Stale { .. } => NodeError::Policy {
-                    path: p.clone(),
-                    source: palisade_policy::PolicyError::new("version", "stale"),
-                },
+                crate::policy_store::ApplyError::Stale { .. } => {
+                    NodeError::Policy { path: p.clone(), source: palisade_policy::PolicyError::new("version", "stale") }
+                }
             })?;
         }
         Ok(Node { state, listener, tls, cert })

@@ -30,7 +30,9 @@ impl Refusal {
             Refusal::HeadersTooLarge => 431,
             Refusal::NotFound => 404,
             Refusal::RateLimited { .. } | Refusal::TooManyConnections => 429,
-            Refusal::OriginNotAllowed | Refusal::TokenInvalid | Refusal::TokenExpired | Refusal::TokenRevoked | Refusal::TicketInvalid => 403,
+            Refusal::OriginNotAllowed | Refusal::TokenInvalid | Refusal::TokenExpired | Refusal::TokenRevoked | Refusal::TicketInvalid => {
+                403
+            }
             Refusal::CredentialsMissing => 401,
             Refusal::UpstreamUnavailable => 502,
             Refusal::Unavailable { .. } => 503,

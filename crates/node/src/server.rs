@@ -124,7 +124,6 @@ async fn connection(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls
     match handshake::check(&state, &policy, &head, ip_slot, &mut attempt).await {
         Err(r) => refuse(&state, &mut stream, &attempt, r).await,
         Ok(accepted) => {
-            drop(head);
             upgrade(state, stream, rest, accepted, attempt, open).await;
         }
     }

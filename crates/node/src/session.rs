@@ -115,7 +115,8 @@ pub async fn run(state: Arc<NodeState>, stream: ClientStream, acc: Accepted, con
     let last_seen = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let (in_tx, in_rx) = mpsc::channel(8);
-    let reader = tokio::spawn(reader(rd, in_tx, outbox.clone(), last_seen.clone(), epoch, Arc::new(AtomicU64::new(limits.max_bytes as u64))));
+    let reader =
+        tokio::spawn(reader(rd, in_tx, outbox.clone(), last_seen.clone(), epoch, Arc::new(AtomicU64::new(limits.max_bytes as u64))));
     let writer = tokio::spawn(writer(wr, out_rx, counters.clone(), outbox.discard.clone()));
 
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

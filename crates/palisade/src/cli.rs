@@ -71,9 +71,8 @@ pub enum TokenCommand {
 
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PALISADE_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("PALISADE_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).try_init();
 }
 

@@ -97,15 +97,28 @@ pub fn bootstrap_policy(public_pem: &str) -> String {
 }
 
 pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeConfig {
-    let mut routes = vec![RouteConfig { path: "/echo".into(), echo: true, upstream: None, upstream_ca: None, allow_binary: true, schema: None }];
+    let mut routes =
+        vec![RouteConfig { path: "/echo".into(), echo: true, upstream: None, upstream_ca: None, allow_binary: true, schema: None }];
     if let Some(u) = upstream {
-        routes.push(RouteConfig { path: "/app".into(), echo: false, upstream: Some(u.into()), upstream_ca: None, allow_binary: true, schema: None });
+        routes.push(RouteConfig {
+            path: "/app".into(),
+            echo: false,
+            upstream: Some(u.into()),
+            upstream_ca: None,
+            allow_binary: true,
+            schema: None,
+        });
     }
     NodeConfig {
         id: Some(id.into()),
         cluster: "dev".into(),
         listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
-        tls: TlsConfig { mode: TlsMode::Rustls, cert: Some(files.wss_cert.clone()), key: Some(files.wss_key.clone()), reload_interval_ms: 2000 },
+        tls: TlsConfig {
+            mode: TlsMode::Rustls,
+            cert: Some(files.wss_cert.clone()),
+            key: Some(files.wss_key.clone()),
+            reload_interval_ms: 2000,
+        },
         trusted_proxies: Vec::new(),
         routes,
         policy_file: Some(files.policy.clone()),

@@ -4,10 +4,10 @@
 
 use std::collections::HashSet;
 
+use crate::PolicyError;
 use crate::jwt::{self, Key, Revocations, Verifier};
 use crate::model::{Carrier, EgressAction, Policy};
 use crate::origin::OriginMatcher;
-use crate::PolicyError;
 
 /// A token-bucket quota. Compared bitwise, so limiter state can be kept per quota across
 /// policy swaps.
@@ -136,8 +136,9 @@ impl Policy {
             let alg = jwt::parse_alg(&k.alg).ok_or_else(|| {
                 err(format!("{f}.alg"), "must be one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA")
             })?;
-            let key = jwt::decoding_key(alg, k.public_key_pem.as_deref(), k.secret_base64.as_deref())
-                .map_err(|m| err(if k.secret_base64.is_some() { format!("{f}.secret_base64") } else { format!("{f}.public_key_pem") }, m))?;
+            let key = jwt::decoding_key(alg, k.public_key_pem.as_deref(), k.secret_base64.as_deref()).map_err(|m| {
+                err(if k.secret_base64.is_some() { format!("{f}.secret_base64") } else { format!("{f}.public_key_pem") }, m)
+            })?;
             keys.push(Key::new(k.kid.clone(), alg, key));
         }
         let refresh_warning = range("auth.refresh.warning_seconds", a.refresh.warning_seconds, 0, 86_400)?;

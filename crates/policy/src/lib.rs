@@ -5,8 +5,8 @@
 //! carriers and JWT verification. Nothing here does I/O or needs a runtime, so all of it
 //! is unit-, property- and fuzz-testable.
 
-mod compile;
 pub mod client_addr;
+mod compile;
 pub mod control_msg;
 pub mod credentials;
 mod error;

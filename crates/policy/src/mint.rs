@@ -3,9 +3,7 @@
 //! RSA -> RS256 unless PS256/RS384/RS512 is asked for); a non-PEM key file is an HMAC
 //! secret in base64 (HS256 unless asked otherwise).
 
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;

@@ -70,11 +70,9 @@ fn normalise_host(host: &str) -> Option<String> {
         inner.parse::<std::net::Ipv6Addr>().ok()?;
         return Some(host);
     }
-    let ok = host.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
+    let ok = host
+        .split('.')
+        .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     ok.then_some(host)
 }
 
@@ -111,8 +109,7 @@ impl OriginMatcher {
                     if p.contains('*') {
                         return Err((i, BadPattern(format!("`{p}`: only a leading `*.` label is allowed"))));
                     }
-                    let o = Origin::parse(p)
-                        .ok_or_else(|| (i, BadPattern(format!("`{p}` is not an origin (scheme://host[:port])"))))?;
+                    let o = Origin::parse(p).ok_or_else(|| (i, BadPattern(format!("`{p}` is not an origin (scheme://host[:port])"))))?;
                     m.exact.insert(o);
                 }
             }

@@ -169,7 +169,12 @@ pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
         id: Some(format!("test-node-{}", rand_bytes::<4>().iter().map(|b| format!("{b:02x}")).collect::<String>())),
         cluster: "test".into(),
         listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
-        tls: TlsConfig { mode: TlsMode::Rustls, cert: Some(pki.cert_path.clone()), key: Some(pki.key_path.clone()), reload_interval_ms: 100 },
+        tls: TlsConfig {
+            mode: TlsMode::Rustls,
+            cert: Some(pki.cert_path.clone()),
+            key: Some(pki.key_path.clone()),
+            reload_interval_ms: 100,
+        },
         trusted_proxies: Vec::new(),
         routes: vec![echo_route()],
         policy_file,
@@ -210,7 +215,11 @@ impl TestNode {
     }
 
     /// A WebSocket handshake through tokio-tungstenite over real TLS.
-    pub async fn ws(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    pub async fn ws(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
         ws_connect(&self.url(path_and_query), headers, Some(self.tls.clone())).await
     }
 
@@ -250,8 +259,13 @@ pub fn refused(r: Result<(Ws, tungstenite::handshake::client::Response), tungste
     match r {
         Err(tungstenite::Error::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&body)));
-            Refused { status: resp.status().as_u16(), code: v["error"].as_str().unwrap_or_default().to_owned(), headers: resp.headers().clone() }
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&body)));
+            Refused {
+                status: resp.status().as_u16(),
+                code: v["error"].as_str().unwrap_or_default().to_owned(),
+                headers: resp.headers().clone(),
+            }
         }
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
         Ok((_, resp)) => panic!("expected a refusal, got {}", resp.status()),

@@ -69,10 +69,8 @@ fn every_algorithm_family_verifies() {
     for (alg, len) in [("HS256", 32), ("HS384", 48), ("HS512", 64)] {
         use base64::Engine as _;
         let secret = base64::engine::general_purpose::STANDARD.encode(vec![7u8; len]);
-        let v = verifier(
-            vec![KeyDoc { kid: "h".into(), alg: alg.into(), public_key_pem: None, secret_base64: Some(secret.clone()) }],
-            |_| {},
-        );
+        let v =
+            verifier(vec![KeyDoc { kid: "h".into(), alg: alg.into(), public_key_pem: None, secret_base64: Some(secret.clone()) }], |_| {});
         let t = SigningKey::from_text(&secret, Some(alg)).expect("key").sign(Some("h"), &claims(json!({}))).expect("sign");
         assert!(v.verify(&t, NOW).is_ok(), "{alg}");
     }

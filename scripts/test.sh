@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs, then formatting,
+# lints and every test (unit, property, integration across real TLS, real WebSocket
+# clients and the real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+PY=${PYTHON:-python3}
+export PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,200 @@
+//! The `palisade` binary as operators run it: a node's logs never hold a token, the dev
+//! fleet prints a working token and websocat command, token helpers and exit codes.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt as _;
+use palisade_testkit::{Message, Pki, TestKey, next_data, policy, ws_connect};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+/// Collects a child's stdout and stderr lines.
+struct Captured {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Captured {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn palisade");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines = lines.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stream).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                lines.lock().expect("lock").push(l);
+            }
+        });
+    }
+    Captured { child, lines }
+}
+
+impl Captured {
+    async fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..300 {
+            if let Some(l) = self.lines.lock().expect("lock").iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("`{needle}` never appeared in:\n{}", self.text());
+    }
+    fn text(&self) -> String {
+        self.lines.lock().expect("lock").join("\n")
+    }
+    async fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("pid").to_string();
+        let _ = Command::new("kill").args([sig, &pid]).status().await;
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("exits").expect("status")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_logs_never_contain_tokens() {
+    palisade_testkit::init();
+    let pki = Pki::new();
+    let key = TestKey::generate("k", "ES256");
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("policy.yaml"), policy(&[&key]).to_yaml()).expect("policy");
+    let port = free_port();
+    std::fs::write(
+        dir.join("node.toml"),
+        format!(
+            r#"id = "log-node"
+drain_deadline_seconds = 1
+[listen]
+wss = "127.0.0.1:{port}"
+[tls]
+cert = "wss.pem"
+key = "wss-key.pem"
+[[routes]]
+path = "/echo"
+echo = true
+"#
+        ),
+    )
+    .expect("config");
+    std::fs::write(dir.join("policy.yaml"), policy(&[&key]).to_yaml()).expect("policy");
+    let cfg = dir.join("node.toml");
+    let mut node = spawn(
+        &["node", "--config", cfg.to_str().expect("path")],
+        &[("PALISADE_POLICY_FILE", dir.join("policy.yaml").to_str().expect("p"))],
+    );
+    node.wait_for("node_started").await;
+    let url = |q: &str| format!("wss://127.0.0.1:{port}/echo{q}");
+    let tls = Some(pki.client_tls());
+    let origin = ("Origin", "https://app.example.com");
+
+    let good = key.token(json!({"sub": "logan"}));
+    let expired = key.token(json!({"sub": "logan", "exp": palisade_testkit::now() - 3600}));
+    let forged = format!("{}AAAA", &good[..good.len() - 4]);
+    let mut secrets = vec![good.clone(), expired.clone(), forged.clone()];
+    let mut attempts = 0;
+    for token in [&good, &expired, &forged] {
+        let header = format!("Bearer {token}");
+        let proto = format!("chat, bearer.{token}");
+        let _ = ws_connect(&url(""), &[origin, ("Authorization", &header)], tls.clone()).await;
+        let _ = ws_connect(&url(""), &[origin, ("Sec-WebSocket-Protocol", &proto)], tls.clone()).await;
+        let _ = ws_connect(&url(&format!("?access_token={token}&x=1")), &[origin], tls.clone()).await;
+        let _ = ws_connect(&url(&format!("?token={token}")), &[origin], tls.clone()).await;
+        attempts += 4;
+    }
+    // A ticket, minted and then used.
+    let body = r#"{"origin":"https://app.example.com"}"#;
+    let req =
+        format!("POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let r = palisade_testkit::raw_tls(([127, 0, 0, 1], port).into(), pki.client_tls(), req.as_bytes(), None).await;
+    assert_eq!(r.status, 201);
+    let ticket = serde_json::from_str::<serde_json::Value>(&r.body).expect("json")["ticket"].as_str().expect("t").to_owned();
+    let (mut ws, _) = ws_connect(&url(&format!("?ticket={ticket}")), &[origin], tls.clone()).await.expect("ticket");
+    ws.send(Message::Text("hi".into())).await.expect("send");
+    assert!(next_data(&mut ws).await.is_some());
+    secrets.push(ticket);
+    attempts += 2;
+
+    let status = node.signal_and_wait("-TERM").await;
+    assert!(status.success(), "node exits cleanly on SIGTERM: {status}");
+    let logs = node.text();
+    for s in &secrets {
+        // The whole value and its signature part (the part that makes it usable).
+        let sig = s.rsplit('.').next().unwrap_or(s);
+        assert!(!logs.contains(s.as_str()), "a secret leaked into the logs");
+        assert!(sig.len() < 16 || !logs.contains(sig), "a signature leaked into the logs");
+    }
+    let audits = logs.lines().filter(|l| l.contains(r#""event":"handshake""#)).count();
+    assert!(audits >= attempts, "one audit record per attempt: {audits} < {attempts}");
+    assert!(logs.contains("access_token=***"), "query logged masked");
+    assert!(logs.contains(r#""code":"token_expired""#) && logs.contains(r#""code":"token_invalid""#));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_a_token_and_a_working_websocat_command() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().join("x");
+    let mut dev = spawn(&["dev", "--dir", d.to_str().expect("p"), "--nodes", "2"], &[]);
+    let cmd = dev.wait_for("websocat").await;
+    for f in ["ca.pem", "wss.pem", "wss-key.pem", "operator.pem", "operator-key.pem", "signing-key.pem", "policy.yaml", "endpoints.json"] {
+        assert!(d.join(f).exists(), "{f} written");
+    }
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("endpoints.json")).expect("read")).expect("json");
+    assert_eq!(endpoints["nodes"].as_array().map(Vec::len), Some(2));
+    assert!(endpoints["nodes"][0]["wss"].as_str().is_some_and(|u| u.starts_with("wss://127.0.0.1:")));
+    // The printed command, exactly as printed, through a shell.
+    let out = Command::new("bash").arg("-c").arg(cmd.trim()).output().await.expect("run websocat");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello", "websocat stderr: {}", String::from_utf8_lossy(&out.stderr));
+    // A token minted by the CLI with the dev key is accepted too.
+    let minted = Command::new(BIN)
+        .args(["token", "mint", "--key", d.join("signing-key.pem").to_str().expect("p"), "--kid", "dev", "--sub", "bob", "--ttl", "15m"])
+        .output()
+        .await
+        .expect("mint");
+    assert!(minted.status.success());
+    let token = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
+    let check = Command::new(BIN)
+        .args(["token", "check", &token, "--policy", d.join("policy.yaml").to_str().expect("p")])
+        .output()
+        .await
+        .expect("check");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(String::from_utf8_lossy(&check.stdout).contains(r#""verification": "valid""#));
+    // Reuse: the second start keeps the same CA and key.
+    let ca_before = std::fs::read(d.join("ca.pem")).expect("ca");
+    let status = dev.signal_and_wait("-INT").await;
+    assert!(status.success(), "Ctrl-C drains and exits 0: {status}");
+    let mut again = spawn(&["dev", "--dir", d.to_str().expect("p"), "--nodes", "1"], &[]);
+    again.wait_for("websocat").await;
+    assert_eq!(std::fs::read(d.join("ca.pem")).expect("ca"), ca_before);
+    again.signal_and_wait("-INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes() {
+    let usage = Command::new(BIN).args(["token", "mint"]).output().await.expect("run");
+    assert_eq!(usage.status.code(), Some(2), "usage error");
+    let failed = Command::new(BIN).args(["token", "check", "not-a-token"]).output().await.expect("run");
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("error:"));
+    let bad_cfg = Command::new(BIN).args(["node", "--config", "/nonexistent/node.toml"]).output().await.expect("run");
+    assert_eq!(bad_cfg.status.code(), Some(1));
+}
