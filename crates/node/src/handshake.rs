@@ -223,6 +223,6 @@ impl Leeway for CompiledPolicy {
 mod tests {
     #[test]
     fn accept_key_matches_rfc6455_example() {
-        assert_eq!(super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaE2YeWoNbkU1jIr0s=");
+        assert_eq!(super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }
