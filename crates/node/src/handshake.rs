@@ -23,6 +23,9 @@ pub struct Accepted {
     pub carrier: Carrier,
     pub client: IpAddr,
     pub app_protocol: Option<String>,
+    /// The application subprotocols the client offered (never the `bearer.` entry), in
+    /// order: passed to an upstream, which picks.
+    pub offered_protocols: Vec<String>,
     pub accept_key: String,
     pub ip_slot: Option<Slot<IpAddr>>,
     pub user_slot: Slot<String>,
@@ -55,8 +58,10 @@ pub async fn check(
     let carrier = credential.carrier();
     let claims = verify(state, policy, credential, head, attempt).await?; // 10
     let user_slot = per_user(state, policy, &claims.sub)?; // 11
-    let app_protocol = credentials::app_protocol(&head.all("sec-websocket-protocol").collect::<Vec<_>>()).map(str::to_owned);
-    Ok(Accepted { route, claims, carrier, client, app_protocol, accept_key, ip_slot, user_slot, policy: policy.clone() })
+    let protocols: Vec<&str> = head.all("sec-websocket-protocol").collect();
+    let app_protocol = credentials::app_protocol(&protocols).map(str::to_owned);
+    let offered_protocols = credentials::offered_protocols(&protocols).filter(|p| !p.starts_with("bearer.")).map(str::to_owned).collect();
+    Ok(Accepted { route, claims, carrier, client, app_protocol, offered_protocols, accept_key, ip_slot, user_slot, policy: policy.clone() })
 }
 
 /// Step 4: GET, HTTP/1.1, `Upgrade: websocket`, `Connection: upgrade`, a valid key, and

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod egress;
 pub mod handshake;
 pub mod http;
 pub mod limiter;
@@ -16,6 +17,7 @@ pub mod session;
 pub mod state;
 pub mod tickets;
 pub mod tls;
+pub mod upstream;
 
 pub use config::NodeConfig;
 pub use node::{Node, NodeHandle};

@@ -22,6 +22,8 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot read the bootstrap policy {path}: {source}")]
     PolicyRead { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Route(String),
     #[error("bootstrap policy {path}: {source}")]
     Policy { path: String, source: palisade_policy::PolicyError },
 }
@@ -52,7 +54,7 @@ impl Node {
         };
         let listener = TcpListener::bind(config.listen.wss).await.map_err(|source| NodeError::Bind { addr: config.listen.wss, source })?;
         let policy_file = config.policy_file.clone();
-        let state = NodeState::new(config);
+        let state = NodeState::new(config).map_err(NodeError::Route)?;
         if let Some(path) = policy_file {
             let p = path.display().to_string();
             let text = std::fs::read_to_string(&path).map_err(|source| NodeError::PolicyRead { path: p.clone(), source })?;

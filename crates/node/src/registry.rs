@@ -37,6 +37,8 @@ pub struct ConnCounters {
     pub messages_out: AtomicU64,
     /// Bytes queued for the client and not yet written to the socket.
     pub buffered: AtomicU64,
+    /// The most ever queued at once (a bounded-memory witness).
+    pub buffered_peak: AtomicU64,
 }
 
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use crate::handshake::{self, Accepted};
 use crate::http::{self, ClientStream, Head, HeadError};
 use crate::limiter::Slot;
 use crate::refusal::Refusal;
-use crate::state::{NodeState, OpenGuard};
+use crate::state::{NodeState, OpenGuard, RouteKind};
 use crate::tickets::TicketRecord;
 
 /// Why a connection is being served: normally, or only to be told it is over a cap.
@@ -123,8 +123,33 @@ async fn connection(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls
 
     match handshake::check(&state, &policy, &head, ip_slot, &mut attempt).await {
         Err(r) => refuse(&state, &mut stream, &attempt, r).await,
-        Ok(accepted) => {
-            upgrade(state, stream, rest, accepted, attempt, open).await;
+        Ok(mut accepted) => {
+            // Step 12: an upstream route connects before the 101.
+            let link = match &accepted.route.kind {
+                RouteKind::Echo => None,
+                RouteKind::Upstream(target) => {
+                    match crate::upstream::connect(
+                        target,
+                        &accepted,
+                        &attempt.conn_id,
+                        &accepted.offered_protocols,
+                        policy.limits.handshake_timeout,
+                    )
+                    .await
+                    {
+                        Ok(up) => {
+                            accepted.app_protocol = up.protocol.clone();
+                            Some(crate::session::UpstreamLink { upstream: up })
+                        }
+                        Err(e) => {
+                            tracing::warn!(event = "upstream_unavailable", conn.id = %attempt.conn_id, http.route = %accepted.route.path, error = %e);
+                            attempt.reason = Some("upstream_connect");
+                            return refuse(&state, &mut stream, &attempt, Refusal::UpstreamUnavailable).await;
+                        }
+                    }
+                }
+            };
+            upgrade(state, stream, rest, accepted, attempt, link, open).await;
         }
     }
 }
@@ -166,7 +191,15 @@ async fn refuse(state: &NodeState, stream: &mut ClientStream, attempt: &Attempt,
     .await;
 }
 
-async fn upgrade(state: Arc<NodeState>, mut stream: ClientStream, rest: BytesMut, accepted: Accepted, attempt: Attempt, open: OpenGuard) {
+async fn upgrade(
+    state: Arc<NodeState>,
+    mut stream: ClientStream,
+    rest: BytesMut,
+    accepted: Accepted,
+    attempt: Attempt,
+    link: Option<crate::session::UpstreamLink>,
+    open: OpenGuard,
+) {
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         accepted.accept_key
@@ -187,7 +220,7 @@ async fn upgrade(state: Arc<NodeState>, mut stream: ClientStream, rest: BytesMut
     state.counters.handshakes_accepted.fetch_add(1, Ordering::Relaxed);
     attempt.emit(&state.id, true, 101, "ok");
     stream.unread(rest);
-    crate::session::run(state, stream, accepted, attempt.conn_id, open).await;
+    crate::session::run(state, stream, accepted, attempt.conn_id, link, open).await;
 }
 
 /// `POST /v1/tickets`: a bearer token (verified like a handshake token) buys a one-time

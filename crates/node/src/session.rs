@@ -15,13 +15,12 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::control_msg::{self, ControlMessage};
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::handshake::{Accepted, unix_now};
 use crate::http::ClientStream;
 use crate::registry::{Command, ConnCounters, SessionInfo};
-use crate::state::{NodeState, OpenGuard, RouteKind};
+use crate::state::{NodeState, OpenGuard};
 
 pub mod close {
     pub const NORMAL: u16 = 1000;
@@ -44,13 +43,17 @@ const CLOSE_LINGER: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
 pub enum Inbound {
-    Message { binary: bool, data: Bytes },
-    Close,
+    Message {
+        binary: bool,
+        data: Bytes,
+    },
+    /// The peer's close frame (its code; 1005 when it sent none).
+    Close(u16, String),
     TooBig,
     Invalid,
 }
 
-enum Out {
+pub enum Out {
     Data { binary: bool, data: Bytes },
     Ping,
     Pong(Bytes),
@@ -65,6 +68,7 @@ pub struct Outbox {
     node: Arc<NodeState>,
     max: Arc<AtomicU64>,
     discard: Arc<AtomicBool>,
+    subject: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -79,16 +83,38 @@ impl Outbox {
             self.counters.buffered.fetch_sub(n, Ordering::AcqRel);
             return Err(SlowConsumer);
         }
+        self.counters.buffered_peak.fetch_max(before + n, Ordering::Relaxed);
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
         self.node.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.node.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
         let _ = self.tx.send(Out::Data { binary, data });
+        self.account_egress(n);
         Ok(())
     }
 
-    fn text(&self, s: impl Into<String>) -> Result<(), SlowConsumer> {
-        self.data(false, Bytes::from(s.into()))
+    /// Per-subject egress: one alert per window, and the subject's sessions closed with
+    /// 4003 when the policy says `action: disconnect`.
+    fn account_egress(&self, n: u64) {
+        let Some(policy) = self.node.policy.load() else { return };
+        let minute = unix_now() / 60;
+        if self.node.egress.add(&self.subject, n, policy.egress_alert_bytes_per_minute, minute) {
+            self.node.counters.egress_alerts.fetch_add(1, Ordering::Relaxed);
+            let disconnect = policy.egress_action == palisade_policy::model::EgressAction::Disconnect;
+            tracing::warn!(
+                event = "egress_alert",
+                node = %self.node.id,
+                enduser.id = %self.subject,
+                threshold_bytes_per_minute = policy.egress_alert_bytes_per_minute,
+                action = if disconnect { "disconnect" } else { "log" },
+            );
+            if disconnect {
+                self.node.registry.dispatch(
+                    &crate::registry::Selector::Subject(self.subject.to_string()),
+                    Command::Close { code: close::REVOKED, reason: "egress limit".into() },
+                );
+            }
+        }
     }
 
     fn control(&self, o: Out) {
@@ -96,7 +122,22 @@ impl Outbox {
     }
 }
 
-pub async fn run(state: Arc<NodeState>, stream: ClientStream, acc: Accepted, conn_id: String, _open: OpenGuard) {
+/// The upstream side of a bridged session.
+pub struct UpstreamLink {
+    pub upstream: crate::upstream::Upstream,
+}
+
+/// How long a message to the upstream may wait for room before the session fails (1011).
+const UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(
+    state: Arc<NodeState>,
+    stream: ClientStream,
+    acc: Accepted,
+    conn_id: String,
+    upstream: Option<UpstreamLink>,
+    _open: OpenGuard,
+) {
     let policy = acc.policy.clone();
     let ws = WebSocket::after_handshake(stream, Role::Server);
     let (mut rd, wr) = ws.split(tokio::io::split);
@@ -111,13 +152,38 @@ pub async fn run(state: Arc<NodeState>, stream: ClientStream, acc: Accepted, con
         node: state.clone(),
         max: Arc::new(AtomicU64::new(limits.max_buffered_bytes as u64)),
         discard: Arc::new(AtomicBool::new(false)),
+        subject: Arc::from(acc.claims.sub.as_str()),
     };
     let last_seen = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let (in_tx, in_rx) = mpsc::channel(8);
-    let reader =
-        tokio::spawn(reader(rd, in_tx, outbox.clone(), last_seen.clone(), epoch, Arc::new(AtomicU64::new(limits.max_bytes as u64))));
-    let writer = tokio::spawn(writer(wr, out_rx, counters.clone(), outbox.discard.clone()));
+    let client_obligations = {
+        let ob = outbox.clone();
+        move |o: Out| ob.control(o)
+    };
+    let client_reader = tokio::spawn(reader(rd, in_tx, client_obligations, Some((last_seen.clone(), epoch)), limits.max_bytes));
+    let client_writer = tokio::spawn(writer(wr, out_rx, Some(counters.clone()), outbox.discard.clone()));
+
+    // The upstream: its own reader (events to the session loop, bounded) and writer
+    // (bounded queue: a slow upstream is backpressure on the client).
+    let mut up = None;
+    if let Some(link) = upstream {
+        let mut uws = WebSocket::after_handshake(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover), Role::Client);
+        uws.set_auto_close(true);
+        let (mut urd, uwr) = uws.split(tokio::io::split);
+        urd.set_max_message_size(limits.max_buffered_bytes + 1);
+        let (utx, urx) = mpsc::channel::<Out>(64);
+        let (uin_tx, uin_rx) = mpsc::channel(8);
+        let obligations = {
+            let utx = utx.clone();
+            move |o: Out| {
+                let _ = utx.try_send(o);
+            }
+        };
+        let ureader = tokio::spawn(reader(urd, uin_tx, obligations, None, limits.max_buffered_bytes));
+        let uwriter = tokio::spawn(bounded_writer(uwr, urx));
+        up = Some(UpSide { tx: utx, rx: uin_rx, reader: ureader, writer: uwriter });
+    }
 
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     state.registry.insert(
@@ -143,14 +209,73 @@ pub async fn run(state: Arc<NodeState>, stream: ClientStream, acc: Accepted, con
         last_refill: Instant::now(),
         schema_violations: 0,
         warned_for_exp: None,
+        up_tx: up.as_ref().map(|u| u.tx.clone()),
     };
-    let code = s.run_loop(in_rx, ctl_rx).await;
+    let up_rx = up.as_mut().map(|u| std::mem::replace(&mut u.rx, mpsc::channel(1).1));
+    let code = s.run_loop(in_rx, ctl_rx, up_rx).await;
     state.registry.remove(&conn_id);
     tracing::debug!(event = "session_closed", conn.id = %conn_id, code);
+    drop(s);
     // Wait for the writer to flush the close frame, then for the client's reply (or EOF),
     // so that no unread data makes the kernel answer with a reset.
-    let _ = tokio::time::timeout(CLOSE_LINGER, writer).await;
-    let _ = tokio::time::timeout(CLOSE_LINGER, reader).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, client_writer).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, client_reader).await;
+    if let Some(u) = up {
+        drop(u.tx);
+        let _ = tokio::time::timeout(CLOSE_LINGER, u.writer).await;
+        u.reader.abort();
+    }
+}
+
+struct UpSide {
+    tx: mpsc::Sender<Out>,
+    rx: mpsc::Receiver<Inbound>,
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+/// The upstream stream with the bytes it sent right after its 101 replayed first.
+pub struct PrefixedUpstream {
+    inner: crate::upstream::UpstreamStream,
+    prefix: bytes::BytesMut,
+}
+
+impl PrefixedUpstream {
+    fn new(inner: crate::upstream::UpstreamStream, prefix: bytes::BytesMut) -> Self {
+        PrefixedUpstream { inner, prefix }
+    }
+}
+
+impl tokio::io::AsyncRead for PrefixedUpstream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            bytes::Buf::advance(&mut self.prefix, n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefixedUpstream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 struct Session {
@@ -164,11 +289,23 @@ struct Session {
     last_refill: Instant,
     schema_violations: u32,
     warned_for_exp: Option<u64>,
+    up_tx: Option<mpsc::Sender<Out>>,
 }
 
 enum Flow {
     Continue,
-    Close(u16, &'static str),
+    Close(u16, String),
+}
+
+fn close_with(code: u16, reason: &str) -> Flow {
+    Flow::Close(code, reason.to_owned())
+}
+
+async fn recv_upstream(rx: &mut Option<mpsc::Receiver<Inbound>>) -> Option<Inbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -178,7 +315,12 @@ impl Session {
         if t > now { base + Duration::from_secs(t - now) } else { base }
     }
 
-    async fn run_loop(&mut self, mut in_rx: mpsc::Receiver<Inbound>, mut ctl_rx: mpsc::UnboundedReceiver<Command>) -> u16 {
+    async fn run_loop(
+        &mut self,
+        mut in_rx: mpsc::Receiver<Inbound>,
+        mut ctl_rx: mpsc::UnboundedReceiver<Command>,
+        mut up_rx: Option<mpsc::Receiver<Inbound>>,
+    ) -> u16 {
         let mut policy_rx = self.state.policy.subscribe();
         let mut drain_rx = self.state.drain_tx.subscribe();
         let mut ping = tokio::time::interval(self.policy.limits.ping_interval);
@@ -194,27 +336,34 @@ impl Session {
         let drain_at = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(drain_at);
         if draining {
-            drain_at.as_mut().reset(tokio::time::Instant::now());
+            drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
         }
 
         let flow = loop {
             let flow = tokio::select! {
                 ev = in_rx.recv() => match ev {
                     Some(Inbound::Message { binary, data }) => self.on_message(binary, data).await,
-                    Some(Inbound::TooBig) => Flow::Close(close::TOO_BIG, "message too big"),
-                    Some(Inbound::Invalid) => Flow::Close(close::PROTOCOL_ERROR, "protocol error"),
-                    // The reader already answered the client's close; the socket is done.
-                    Some(Inbound::Close) | None => return close::NORMAL,
-                },
-                cmd = ctl_rx.recv() => match cmd {
-                    Some(Command::Close { code, reason }) => {
-                        self.close(code, &reason);
+                    Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
+                    Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
+                    // The reader already answered the client's close; pass it upstream.
+                    Some(Inbound::Close(code, reason)) => {
+                        self.close_upstream(code, reason).await;
                         return code;
                     }
-                    Some(Command::Send { payload, binary }) => match self.outbox.data(binary, payload) {
-                        Ok(()) => Flow::Continue,
-                        Err(SlowConsumer) => Flow::Close(close::SLOW_CONSUMER, "slow consumer"),
-                    },
+                    None => {
+                        self.close_upstream(close::GOING_AWAY, "client gone".into()).await;
+                        return close::NORMAL;
+                    }
+                },
+                ev = recv_upstream(&mut up_rx) => match ev {
+                    Some(Inbound::Message { binary, data }) => self.push(binary, data),
+                    // An upstream close goes to the client with its code.
+                    Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
+                    Some(Inbound::TooBig | Inbound::Invalid) | None => close_with(close::INTERNAL, "upstream failure"),
+                },
+                cmd = ctl_rx.recv() => match cmd {
+                    Some(Command::Close { code, reason }) => Flow::Close(code, reason),
+                    Some(Command::Send { payload, binary }) => self.push(binary, payload),
                     None => Flow::Continue,
                 },
                 _ = ping.tick() => {
@@ -225,7 +374,7 @@ impl Session {
                     let idle = self.policy.limits.idle_timeout;
                     let seen = self.epoch + Duration::from_millis(self.last_seen.load(Ordering::Relaxed));
                     if seen.elapsed() >= idle {
-                        Flow::Close(close::IDLE, "idle timeout")
+                        close_with(close::IDLE, "idle timeout")
                     } else {
                         idle_check.as_mut().reset(tokio::time::Instant::from_std(seen + idle));
                         Flow::Continue
@@ -233,14 +382,11 @@ impl Session {
                 }
                 _ = &mut warning, if self.warned_for_exp != Some(self.acc.claims.exp) => {
                     self.warned_for_exp = Some(self.acc.claims.exp);
-                    match self.outbox.text(control_msg::auth_expiring(self.acc.claims.exp)) {
-                        Ok(()) => Flow::Continue,
-                        Err(SlowConsumer) => Flow::Close(close::SLOW_CONSUMER, "slow consumer"),
-                    }
+                    self.push(false, Bytes::from(control_msg::auth_expiring(self.acc.claims.exp)))
                 }
                 _ = &mut expiry => {
                     if unix_now() >= self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds) {
-                        Flow::Close(close::TOKEN_EXPIRED, "token expired")
+                        close_with(close::TOKEN_EXPIRED, "token expired")
                     } else {
                         expiry.as_mut().reset(self.expiry_deadline());
                         Flow::Continue
@@ -256,7 +402,7 @@ impl Session {
                     }
                     Flow::Continue
                 }
-                _ = &mut drain_at, if draining => Flow::Close(close::GOING_AWAY, "node draining"),
+                _ = &mut drain_at, if draining => close_with(close::GOING_AWAY, "node draining"),
             };
             // A refresh moves the expiry and warning timers.
             if let Flow::Continue = flow {
@@ -271,10 +417,26 @@ impl Session {
         };
         match flow {
             Flow::Close(code, reason) => {
-                self.close(code, reason);
+                self.close(code, &reason);
+                let up_code = if (4000..5000).contains(&code) || code == close::GOING_AWAY { code } else { close::GOING_AWAY };
+                self.close_upstream(up_code, reason).await;
                 code
             }
             Flow::Continue => close::NORMAL,
+        }
+    }
+
+    fn push(&self, binary: bool, data: Bytes) -> Flow {
+        match self.outbox.data(binary, data) {
+            Ok(()) => Flow::Continue,
+            Err(SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
+        }
+    }
+
+    async fn close_upstream(&mut self, code: u16, reason: String) {
+        if let Some(tx) = self.up_tx.take() {
+            let code = if code == 1005 || code == 1006 { close::NORMAL } else { code };
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Out::Close { code, reason })).await;
         }
     }
 
@@ -306,7 +468,7 @@ impl Session {
         let Some(p) = self.state.policy.load() else { return Flow::Continue };
         let c = &self.acc.claims;
         if p.verifier.revocations.is_revoked(&c.sub, c.jti.as_deref(), c.iat) {
-            return Flow::Close(close::REVOKED, "revoked");
+            return close_with(close::REVOKED, "revoked");
         }
         self.outbox.max.store(p.limits.messages.max_buffered_bytes as u64, Ordering::Relaxed);
         self.policy = p;
@@ -335,25 +497,33 @@ impl Session {
         self.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         self.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
         if data.len() > self.policy.limits.messages.max_bytes {
-            return Flow::Close(close::TOO_BIG, "message too big");
+            return close_with(close::TOO_BIG, "message too big");
         }
         if !binary && let Some(ctl) = control_msg::parse(&data) {
             return self.on_control(ctl);
         }
         if !self.take_token() {
-            return Flow::Close(close::RATE_LIMITED, "message rate limit");
+            return close_with(close::RATE_LIMITED, "message rate limit");
         }
         if binary && !self.acc.route.allow_binary {
-            return Flow::Close(close::POLICY, "binary messages not allowed");
+            return close_with(close::POLICY, "binary messages not allowed");
         }
-        let _ = SCHEMA_VIOLATIONS_BEFORE_CLOSE;
-        let _ = self.schema_violations;
-        match &self.acc.route.kind {
-            RouteKind::Echo => match self.outbox.data(binary, data) {
-                Ok(()) => Flow::Continue,
-                Err(SlowConsumer) => Flow::Close(close::SLOW_CONSUMER, "slow consumer"),
+        if !binary && let Some(schema) = &self.acc.route.schema {
+            let valid = serde_json::from_slice::<serde_json::Value>(&data).is_ok_and(|v| schema.is_valid(&v));
+            if !valid {
+                self.schema_violations += 1;
+                if self.schema_violations >= SCHEMA_VIOLATIONS_BEFORE_CLOSE {
+                    return close_with(close::POLICY, "schema violations");
+                }
+                return self.push(false, Bytes::from_static(control_msg::schema_violation().as_bytes()));
+            }
+        }
+        match &self.up_tx {
+            None => self.push(binary, data),
+            Some(tx) => match tokio::time::timeout(UPSTREAM_SEND_TIMEOUT, tx.send(Out::Data { binary, data })).await {
+                Ok(Ok(())) => Flow::Continue,
+                _ => close_with(close::INTERNAL, "upstream failure"),
             },
-            RouteKind::Upstream { .. } => Flow::Close(close::INTERNAL, "upstream unavailable"),
         }
     }
 
@@ -374,10 +544,15 @@ impl Session {
                 }
             }
         };
-        match self.outbox.text(reply) {
-            Ok(()) => Flow::Continue,
-            Err(SlowConsumer) => Flow::Close(close::SLOW_CONSUMER, "slow consumer"),
-        }
+        self.push(false, Bytes::from(reply))
+    }
+}
+
+/// Close codes that may not be sent on the wire (1005, 1006, 1015) become 1011.
+fn pass_through(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+        _ => close::INTERNAL,
     }
 }
 
@@ -389,26 +564,32 @@ fn payload_bytes(p: Payload<'_>) -> Bytes {
     }
 }
 
-async fn reader(
-    mut rd: fastwebsockets::WebSocketRead<ReadHalf<ClientStream>>,
+/// Reads frames from one side (client or upstream), reassembles fragmented messages up to
+/// `max` bytes, answers pings and closes through `obligations`, and sends events on a
+/// bounded channel.
+async fn reader<S: tokio::io::AsyncRead + Unpin>(
+    mut rd: fastwebsockets::WebSocketRead<S>,
     tx: mpsc::Sender<Inbound>,
-    outbox: Outbox,
-    last_seen: Arc<AtomicU64>,
-    epoch: Instant,
-    max: Arc<AtomicU64>,
+    obligations: impl Fn(Out) + Clone,
+    activity: Option<(Arc<AtomicU64>, Instant)>,
+    max: usize,
 ) {
-    let touch = |ls: &AtomicU64| ls.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let touch = |a: &Option<(Arc<AtomicU64>, Instant)>| {
+        if let Some((ls, epoch)) = a {
+            ls.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    };
     let mut partial: Option<(bool, bytes::BytesMut)> = None;
     loop {
-        let ob = outbox.clone();
-        let ls = last_seen.clone();
+        let ob = obligations.clone();
+        let act = activity.clone();
         let mut send = move |f: Frame<'_>| {
-            ls.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            touch(&act);
             match f.opcode {
-                OpCode::Pong => ob.control(Out::Pong(payload_bytes(f.payload))),
+                OpCode::Pong => ob(Out::Pong(payload_bytes(f.payload))),
                 OpCode::Close => {
                     let code = if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { close::NORMAL };
-                    ob.control(Out::Close { code, reason: String::new() })
+                    ob(Out::Close { code, reason: String::new() })
                 }
                 _ => {}
             }
@@ -428,11 +609,16 @@ async fn reader(
                 return;
             }
         };
-        touch(&last_seen);
-        let limit = max.load(Ordering::Relaxed) as usize;
+        touch(&activity);
         let ev = match (frame.opcode, frame.fin) {
             (OpCode::Close, _) => {
-                let _ = tx.send(Inbound::Close).await;
+                let p = &frame.payload;
+                let (code, reason) = if p.len() >= 2 {
+                    (u16::from_be_bytes([p[0], p[1]]), String::from_utf8_lossy(&p[2..]).into_owned())
+                } else {
+                    (1005, String::new())
+                };
+                let _ = tx.send(Inbound::Close(code, reason)).await;
                 return;
             }
             (OpCode::Pong | OpCode::Ping, _) => continue,
@@ -445,7 +631,7 @@ async fn reader(
             }
             (OpCode::Continuation, fin) if partial.is_some() => {
                 let Some((binary, mut buf)) = partial.take() else { continue };
-                if buf.len() + frame.payload.len() > limit {
+                if buf.len() + frame.payload.len() > max {
                     let _ = tx.send(Inbound::TooBig).await;
                     return;
                 }
@@ -471,43 +657,76 @@ async fn reader(
     }
 }
 
-async fn writer(
-    mut wr: fastwebsockets::WebSocketWrite<WriteHalf<ClientStream>>,
+async fn write_out<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut fastwebsockets::WebSocketWrite<W>,
+    item: &Out,
+) -> Result<bool, WebSocketError> {
+    match item {
+        Out::Data { binary, data } => {
+            let op = if *binary { OpCode::Binary } else { OpCode::Text };
+            wr.write_frame(Frame::new(true, op, None, Payload::Borrowed(data))).await?;
+        }
+        Out::Ping => wr.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await?,
+        Out::Pong(p) => wr.write_frame(Frame::pong(Payload::Borrowed(p))).await?,
+        Out::Close { code, reason } => {
+            let reason = truncate_reason(reason);
+            wr.write_frame(Frame::close(*code, reason.as_bytes())).await?;
+            wr.flush().await?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A close reason fits in a control frame (123 bytes), cut on a character boundary.
+fn truncate_reason(r: &str) -> &str {
+    let mut end = r.len().min(123);
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    &r[..end]
+}
+
+/// The client writer: unbounded queue, bounded by the outbox's byte accounting.
+async fn writer<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: fastwebsockets::WebSocketWrite<W>,
     mut rx: mpsc::UnboundedReceiver<Out>,
-    counters: Arc<ConnCounters>,
+    counters: Option<Arc<ConnCounters>>,
     discard: Arc<AtomicBool>,
 ) {
+    let release = |item: &Out| {
+        if let (Out::Data { data, .. }, Some(c)) = (item, &counters) {
+            c.buffered.fetch_sub(data.len() as u64, Ordering::AcqRel);
+        }
+    };
     while let Some(item) = rx.recv().await {
-        let res = match item {
-            Out::Data { binary, data } => {
-                let n = data.len() as u64;
-                let r = if discard.load(Ordering::Acquire) {
-                    Ok(())
-                } else {
-                    let op = if binary { OpCode::Binary } else { OpCode::Text };
-                    wr.write_frame(Frame::new(true, op, None, Payload::Borrowed(&data))).await
-                };
-                counters.buffered.fetch_sub(n, Ordering::AcqRel);
-                r
-            }
-            Out::Ping => wr.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
-            Out::Pong(p) => wr.write_frame(Frame::pong(Payload::Borrowed(&p))).await,
-            Out::Close { code, reason } => {
-                let r = wr.write_frame(Frame::close(code, reason.as_bytes())).await;
-                let _ = wr.flush().await;
-                // Drop what remains, releasing its accounting.
+        let skip = matches!(item, Out::Data { .. }) && discard.load(Ordering::Acquire);
+        let res = if skip { Ok(false) } else { write_out(&mut wr, &item).await };
+        release(&item);
+        match res {
+            Ok(true) => {
+                // Closed: drop what remains, releasing its accounting.
                 rx.close();
                 while let Ok(item) = rx.try_recv() {
-                    if let Out::Data { data, .. } = item {
-                        counters.buffered.fetch_sub(data.len() as u64, Ordering::AcqRel);
-                    }
+                    release(&item);
                 }
-                let _ = r;
                 return;
             }
-        };
-        if res.is_err() {
+            Ok(false) => {}
+            Err(_) => return,
+        }
+        if rx.is_empty() && wr.flush().await.is_err() {
             return;
+        }
+    }
+}
+
+/// The upstream writer: a bounded queue (the session waits for room).
+async fn bounded_writer<W: tokio::io::AsyncWrite + Unpin>(mut wr: fastwebsockets::WebSocketWrite<W>, mut rx: mpsc::Receiver<Out>) {
+    while let Some(item) = rx.recv().await {
+        match write_out(&mut wr, &item).await {
+            Ok(true) | Err(_) => return,
+            Ok(false) => {}
         }
         if rx.is_empty() && wr.flush().await.is_err() {
             return;

@@ -17,26 +17,39 @@ use crate::policy_store::PolicyStore;
 use crate::registry::Registry;
 use crate::tickets::MemoryTickets;
 
-#[derive(Debug)]
 pub enum RouteKind {
     Echo,
-    Upstream { url: String },
+    Upstream(crate::upstream::Target),
 }
 
-#[derive(Debug)]
 pub struct Route {
     pub path: String,
     pub kind: RouteKind,
     pub allow_binary: bool,
+    /// Every text message must be JSON valid against this schema.
+    pub schema: Option<jsonschema::Validator>,
 }
 
 impl Route {
-    pub fn from_config(r: &RouteConfig) -> Route {
+    /// Builds a route, loading its upstream CA and JSON Schema. Errors name the route.
+    pub fn from_config(r: &RouteConfig) -> Result<Route, String> {
         let kind = match &r.upstream {
-            Some(u) => RouteKind::Upstream { url: u.clone() },
+            Some(u) => RouteKind::Upstream(
+                crate::upstream::Target::parse(u, r.upstream_ca.as_deref()).map_err(|e| format!("route {}: {e}", r.path))?,
+            ),
             None => RouteKind::Echo,
         };
-        Route { path: r.path.clone(), kind, allow_binary: r.allow_binary }
+        let schema = match &r.schema {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("route {}: cannot read schema {}: {e}", r.path, path.display()))?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("route {}: schema {} is not JSON: {e}", r.path, path.display()))?;
+                Some(jsonschema::validator_for(&json).map_err(|e| format!("route {}: invalid JSON Schema: {e}", r.path))?)
+            }
+            None => None,
+        };
+        Ok(Route { path: r.path.clone(), kind, allow_binary: r.allow_binary, schema })
     }
 }
 
@@ -49,6 +62,7 @@ pub struct Counters {
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    pub egress_alerts: AtomicU64,
 }
 
 pub struct NodeState {
@@ -71,13 +85,18 @@ pub struct NodeState {
     pub tickets: MemoryTickets,
     pub registry: Registry,
     pub counters: Counters,
+    pub egress: crate::egress::EgressMeter,
 }
 
 impl NodeState {
-    pub fn new(config: NodeConfig) -> Arc<NodeState> {
-        let routes = config.routes.iter().map(|r| (r.path.clone(), Arc::new(Route::from_config(r)))).collect();
+    pub fn new(config: NodeConfig) -> Result<Arc<NodeState>, String> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Ok((r.path.clone(), Arc::new(Route::from_config(r)?))))
+            .collect::<Result<HashMap<_, _>, String>>()?;
         let placeholder = RateSpec { per_second: 1.0, burst: 1 };
-        Arc::new(NodeState {
+        Ok(Arc::new(NodeState {
             id: config.node_id(),
             cluster: config.cluster.clone(),
             started: SystemTime::now(),
@@ -95,8 +114,9 @@ impl NodeState {
             tickets: MemoryTickets::default(),
             registry: Registry::default(),
             counters: Counters::default(),
+            egress: Default::default(),
             config,
-        })
+        }))
     }
 
     pub fn is_draining(&self) -> bool {

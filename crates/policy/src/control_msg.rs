@@ -58,8 +58,9 @@ pub fn auth_ok(exp: u64) -> String {
     format!(r#"{{"type":"auth_ok","exp":{exp}}}"#)
 }
 
-pub fn auth_error(code: &str) -> String {
-    serde_json::json!({"type": "auth_error", "error": code}).to_string()
+/// `code` is one of our own refusal codes (plain identifiers), never client input.
+pub fn auth_error(code: &'static str) -> String {
+    format!(r#"{{"type":"auth_error","error":"{code}"}}"#)
 }
 
 pub fn schema_violation() -> &'static str {
