@@ -33,6 +33,22 @@ pub struct NodeConfig {
     /// that, over-cap sockets are closed without a word (cheapest under a flood).
     #[serde(default = "default_refusal_lane")]
     pub refusal_lane: usize,
+    /// mTLS for the control plane (`listen.control`): this node's certificate and key, and
+    /// the CA that client (operator, controller) certificates must chain to.
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+    /// Plain-text control plane: only from the `--insecure-control-plane` flag, never
+    /// from a file.
+    #[serde(skip)]
+    pub insecure_control_plane: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 fn default_cluster() -> String {
@@ -120,8 +136,14 @@ fn field(f: &str, m: impl Into<String>) -> ConfigError {
 
 impl NodeConfig {
     pub fn load(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+        Self::load_with(path, false)
+    }
+
+    /// Loads with the `--insecure-control-plane` flag's value (it is never in the file).
+    pub fn load_with(path: &std::path::Path, insecure_control_plane: bool) -> Result<NodeConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut cfg = NodeConfig::from_toml(&text)?;
+        cfg.insecure_control_plane = insecure_control_plane;
         cfg.apply_env(|k| std::env::var(k).ok())?;
         // Relative paths are relative to the configuration file.
         let base = path.parent().unwrap_or(std::path::Path::new("."));
@@ -159,6 +181,9 @@ impl NodeConfig {
         if let Some(v) = get("PALISADE_POLICY_FILE") {
             self.policy_file = Some(v.into());
         }
+        if let (Some(cert), Some(key), Some(ca)) = (get("PALISADE_CONTROL_CERT"), get("PALISADE_CONTROL_KEY"), get("PALISADE_CONTROL_CA")) {
+            self.control = Some(ControlConfig { cert: cert.into(), key: key.into(), ca: ca.into() });
+        }
         if let Some(v) = get("PALISADE_TRUSTED_PROXIES") {
             self.trusted_proxies = v
                 .split(',')
@@ -181,6 +206,13 @@ impl NodeConfig {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.policy_file);
+        if let Some(c) = &mut self.control {
+            for p in [&mut c.cert, &mut c.key, &mut c.ca] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         for r in &mut self.routes {
             fix(&mut r.upstream_ca);
             fix(&mut r.schema);
@@ -226,6 +258,9 @@ impl NodeConfig {
                 }
                 _ => {}
             }
+        }
+        if self.listen.control.is_some() && self.control.is_none() && !self.insecure_control_plane {
+            return Err(field("control", "listen.control needs [control] cert, key and ca (mTLS), or --insecure-control-plane"));
         }
         if self.drain_deadline_seconds > 3600 {
             return Err(field("drain_deadline_seconds", "must be at most 3600"));

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod control;
 pub mod egress;
 pub mod handshake;
 pub mod http;

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{NodeConfig, TlsMode};
+use crate::control::ControlTls;
 use crate::registry::{Command, Selector};
 use crate::state::NodeState;
 use crate::tls::{self, ReloadingCert};
@@ -18,12 +18,16 @@ use crate::tls::{self, ReloadingCert};
 pub enum NodeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("invalid node configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot read the bootstrap policy {path}: {source}")]
-    PolicyRead { path: String, source: std::io::Error },
+    #[error("control-plane TLS files: {0}")]
+    ControlTls(std::io::Error),
     #[error("{0}")]
     Route(String),
+    #[error("cannot read the bootstrap policy {path}: {source}")]
+    PolicyRead { path: String, source: std::io::Error },
     #[error("bootstrap policy {path}: {source}")]
     Policy { path: String, source: palisade_policy::PolicyError },
 }
@@ -31,28 +35,39 @@ pub enum NodeError {
 pub struct Node {
     state: Arc<NodeState>,
     listener: TcpListener,
+    control: Option<(TcpListener, Option<ControlTls>)>,
     tls: Option<TlsAcceptor>,
     cert: Option<Arc<ReloadingCert>>,
 }
 
 impl Node {
-    /// Loads TLS material and the bootstrap policy, and binds the WSS listener.
+    /// Loads TLS material and the bootstrap policy, and binds the WSS (and control)
+    /// listeners.
     pub async fn bind(config: NodeConfig) -> Result<Node, NodeError> {
-        config.validate().map_err(|e| NodeError::Bind { addr: config.listen.wss, source: std::io::Error::other(e.to_string()) })?;
-        let (tls, cert) = match config.tls.mode {
-            TlsMode::Rustls => {
-                let (Some(c), Some(k)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
-                    return Err(NodeError::Bind {
-                        addr: config.listen.wss,
-                        source: std::io::Error::other("tls.cert and tls.key are required"),
-                    });
-                };
-                let cert = ReloadingCert::new(c, k)?;
+        config.validate()?;
+        let (tls, cert) = match (config.tls.mode, &config.tls.cert, &config.tls.key) {
+            (TlsMode::Rustls, Some(c), Some(k)) => {
+                let cert = ReloadingCert::new(c.clone(), k.clone())?;
                 (Some(TlsAcceptor::from(tls::server_config(cert.clone())?)), Some(cert))
             }
-            TlsMode::Offloaded => (None, None),
+            _ => (None, None),
         };
         let listener = TcpListener::bind(config.listen.wss).await.map_err(|source| NodeError::Bind { addr: config.listen.wss, source })?;
+        let control = match config.listen.control {
+            None => None,
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, source })?;
+                let tls = match (&config.control, config.insecure_control_plane) {
+                    (Some(c), _) => Some(ControlTls::load(&c.cert, &c.key, &c.ca).map_err(NodeError::ControlTls)?),
+                    (None, true) => {
+                        tracing::warn!(event = "insecure_control_plane", "the control plane is PLAIN TEXT without client authentication");
+                        None
+                    }
+                    (None, false) => None, // refused by validate()
+                };
+                Some((l, tls))
+            }
+        };
         let policy_file = config.policy_file.clone();
         let state = NodeState::new(config).map_err(NodeError::Route)?;
         if let Some(path) = policy_file {
@@ -66,7 +81,7 @@ impl Node {
                 }
             })?;
         }
-        Ok(Node { state, listener, tls, cert })
+        Ok(Node { state, listener, control, tls, cert })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -78,58 +93,73 @@ impl Node {
     }
 
     /// Starts serving in the background.
-    pub fn spawn(self) -> NodeHandle {
+    pub async fn spawn(self) -> NodeHandle {
         let wss_addr = self.local_addr();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx = self.state.stop_tx.subscribe();
         let watcher = self.cert.as_ref().map(|c| c.spawn_watcher(Duration::from_millis(self.state.config.tls.reload_interval_ms)));
+        let mut control_addr = None;
+        let mut control_task = None;
+        if let Some((listener, tls)) = self.control {
+            control_addr = listener.local_addr().ok();
+            control_task = Some(crate::control::spawn(self.state.clone(), listener, tls, self.state.stop_tx.subscribe()).await);
+        }
         let task = tokio::spawn(crate::server::serve(self.state.clone(), self.listener, self.tls, stop_rx));
-        tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, "node serving");
-        NodeHandle { state: self.state, wss_addr, stop_tx, task, watcher }
+        tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, control = ?control_addr, "node serving");
+        NodeHandle { state: self.state, wss_addr, control_addr, task, control_task, watcher }
     }
+}
+
+/// Graceful drain: `/readyz` turns 503 and new handshakes get 503 at once; live sessions
+/// are closed with 1001 spread over the deadline; the listeners stop when the sessions
+/// are gone or at the deadline. Returns how many sessions were still open at the deadline
+/// (closed then).
+pub async fn drain(st: &Arc<NodeState>, deadline: Duration) -> usize {
+    if st.draining.swap(true, Ordering::AcqRel) {
+        return 0;
+    }
+    tracing::info!(event = "drain_started", node = %st.id, sessions = st.registry.len());
+    st.drain_tx.send_replace(true);
+    let until = tokio::time::Instant::now() + deadline;
+    while !st.registry.is_empty() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = st.registry.dispatch(&Selector::All, Command::Close { code: 1001, reason: "node draining".into() });
+    // Let the last close frames go out before the listeners stop.
+    let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !st.registry.is_empty() && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    st.stop_tx.send_replace(true);
+    tracing::info!(event = "drain_finished", node = %st.id, forced = left);
+    left
 }
 
 pub struct NodeHandle {
     pub state: Arc<NodeState>,
     pub wss_addr: SocketAddr,
-    stop_tx: watch::Sender<bool>,
+    pub control_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
+    control_task: Option<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeHandle {
-    /// Graceful drain: `/readyz` turns 503 and new handshakes get 503 at once; live
-    /// sessions are closed with 1001 spread over the drain deadline; the listener stops
-    /// when they are gone or at the deadline. Returns how many sessions were left and
-    /// closed at the deadline.
+    /// Drains with the configured deadline (see [`drain`]).
     pub async fn drain(&self) -> usize {
-        let st = &self.state;
-        if st.draining.swap(true, Ordering::AcqRel) {
-            return 0;
-        }
-        tracing::info!(event = "drain_started", node = %st.id, sessions = st.registry.len());
-        st.drain_tx.send_replace(true);
-        let deadline = tokio::time::Instant::now() + st.config.drain_deadline();
-        while !st.registry.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = st.registry.dispatch(&Selector::All, Command::Close { code: 1001, reason: "node draining".into() });
-        // Let the last close frames go out before the listener stops.
-        let grace = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !st.registry.is_empty() && tokio::time::Instant::now() < grace {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.stop_tx.send_replace(true);
-        tracing::info!(event = "drain_finished", node = %st.id, forced = left);
-        left
+        drain(&self.state, self.state.config.drain_deadline()).await
     }
 
     /// Stops accepting at once (sessions are left to end with the process).
     pub fn stop(&self) {
-        self.stop_tx.send_replace(true);
+        self.state.stop_tx.send_replace(true);
     }
 
+    /// Waits until the listeners have stopped (after a drain or `stop`).
     pub async fn join(self) {
         let _ = self.task.await;
+        if let Some(c) = self.control_task {
+            let _ = c.await;
+        }
         if let Some(w) = self.watcher {
             w.abort();
         }

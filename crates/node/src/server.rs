@@ -210,17 +210,19 @@ async fn upgrade(
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
+    let reg = crate::session::register(&state, &accepted, attempt.conn_id.clone());
     let written = async {
         tokio::io::AsyncWriteExt::write_all(&mut stream, response.as_bytes()).await?;
         tokio::io::AsyncWriteExt::flush(&mut stream).await
     };
     if written.await.is_err() {
+        state.registry.remove(&reg.conn_id);
         return;
     }
     state.counters.handshakes_accepted.fetch_add(1, Ordering::Relaxed);
     attempt.emit(&state.id, true, 101, "ok");
     stream.unread(rest);
-    crate::session::run(state, stream, accepted, attempt.conn_id, link, open).await;
+    crate::session::run(state, stream, accepted, reg, link, open).await;
 }
 
 /// `POST /v1/tickets`: a bearer token (verified like a handshake token) buys a one-time

@@ -130,21 +130,47 @@ pub struct UpstreamLink {
 /// How long a message to the upstream may wait for room before the session fails (1011).
 const UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A session's place in the registry, taken before the 101 is written so that a session
+/// is listed (and reachable by operator commands) as soon as the client sees its upgrade.
+pub struct Registration {
+    pub conn_id: String,
+    counters: Arc<ConnCounters>,
+    ctl_rx: mpsc::UnboundedReceiver<Command>,
+}
+
+pub fn register(state: &NodeState, acc: &Accepted, conn_id: String) -> Registration {
+    let counters = Arc::new(ConnCounters::default());
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    state.registry.insert(
+        SessionInfo {
+            conn_id: conn_id.clone(),
+            subject: acc.claims.sub.clone(),
+            jti: acc.claims.jti.clone(),
+            client: acc.client,
+            route: acc.route.path.clone(),
+            started: std::time::SystemTime::now(),
+            counters: counters.clone(),
+        },
+        ctl_tx,
+    );
+    Registration { conn_id, counters, ctl_rx }
+}
+
 pub async fn run(
     state: Arc<NodeState>,
     stream: ClientStream,
     acc: Accepted,
-    conn_id: String,
+    reg: Registration,
     upstream: Option<UpstreamLink>,
     _open: OpenGuard,
 ) {
+    let Registration { conn_id, counters, ctl_rx } = reg;
     let policy = acc.policy.clone();
     let ws = WebSocket::after_handshake(stream, Role::Server);
     let (mut rd, wr) = ws.split(tokio::io::split);
     let limits = policy.limits.messages;
     rd.set_max_message_size(limits.max_bytes + 1);
 
-    let counters = Arc::new(ConnCounters::default());
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let outbox = Outbox {
         tx: out_tx,
@@ -185,19 +211,6 @@ pub async fn run(
         up = Some(UpSide { tx: utx, rx: uin_rx, reader: ureader, writer: uwriter });
     }
 
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    state.registry.insert(
-        SessionInfo {
-            conn_id: conn_id.clone(),
-            subject: acc.claims.sub.clone(),
-            jti: acc.claims.jti.clone(),
-            client: acc.client,
-            route: acc.route.path.clone(),
-            started: std::time::SystemTime::now(),
-            counters: counters.clone(),
-        },
-        ctl_tx,
-    );
     let mut s = Session {
         state: state.clone(),
         policy,

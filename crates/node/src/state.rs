@@ -82,6 +82,8 @@ pub struct NodeState {
     pub refusal_lane: Arc<Semaphore>,
     pub draining: AtomicBool,
     pub drain_tx: watch::Sender<bool>,
+    /// Stops the listeners (WSS and control).
+    pub stop_tx: watch::Sender<bool>,
     pub tickets: MemoryTickets,
     pub registry: Registry,
     pub counters: Counters,
@@ -111,6 +113,7 @@ impl NodeState {
             refusal_lane: Arc::new(Semaphore::new(config.refusal_lane)),
             draining: AtomicBool::new(false),
             drain_tx: watch::channel(false).0,
+            stop_tx: watch::channel(false).0,
             tickets: MemoryTickets::default(),
             registry: Registry::default(),
             counters: Counters::default(),

@@ -18,6 +18,10 @@ pub enum Command {
     Node {
         #[arg(long, env = "PALISADE_CONFIG")]
         config: PathBuf,
+        /// Serve the control plane in plain text without client certificates (never in
+        /// production; logs a warning).
+        #[arg(long)]
+        insecure_control_plane: bool,
     },
     /// The whole fleet on this machine, with dev certificates, key and policy under --dir.
     Dev {
@@ -78,11 +82,12 @@ pub fn init_logging() {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Node { config } => {
+        Command::Node { config, insecure_control_plane } => {
             init_logging();
-            let cfg = palisade_node::NodeConfig::load(&config)?;
+            let mut cfg = palisade_node::NodeConfig::load_with(&config, insecure_control_plane)?;
+            cfg.insecure_control_plane = insecure_control_plane;
             let node = palisade_node::Node::bind(cfg).await?;
-            let handle = node.spawn();
+            let handle = node.spawn().await;
             wait_for_shutdown().await;
             handle.drain().await;
             handle.join().await;

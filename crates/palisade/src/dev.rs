@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use palisade_node::config::{Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
+use palisade_node::config::{ControlConfig, Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
 use palisade_node::{Node, NodeHandle};
 
 use palisade_node::pki;
@@ -112,7 +112,7 @@ pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeCo
     NodeConfig {
         id: Some(id.into()),
         cluster: "dev".into(),
-        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
+        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: Some(([127, 0, 0, 1], 0).into()) },
         tls: TlsConfig {
             mode: TlsMode::Rustls,
             cert: Some(files.wss_cert.clone()),
@@ -124,6 +124,10 @@ pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeCo
         policy_file: Some(files.policy.clone()),
         drain_deadline_seconds: 5,
         refusal_lane: 64,
+        // The WSS certificate (localhost, 127.0.0.1; server and client auth) doubles as
+        // the node's control-plane identity; clients must chain to the dev CA.
+        control: Some(ControlConfig { cert: files.wss_cert.clone(), key: files.wss_key.clone(), ca: files.ca.clone() }),
+        insecure_control_plane: false,
     }
 }
 
@@ -140,11 +144,17 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     for i in 1..=opts.nodes {
         let cfg = node_config(&files, &format!("dev-node-{i}"), opts.upstream.as_deref());
         let node = Node::bind(cfg).await?;
-        handles.push(node.spawn());
+        handles.push(node.spawn().await);
     }
     let nodes: Vec<serde_json::Value> = handles
         .iter()
-        .map(|h| serde_json::json!({"id": h.state.id, "wss": format!("wss://127.0.0.1:{}", h.wss_addr.port()), "control": null}))
+        .map(|h| {
+            serde_json::json!({
+                "id": h.state.id,
+                "wss": format!("wss://127.0.0.1:{}", h.wss_addr.port()),
+                "control": h.control_addr.map(|a| a.to_string()),
+            })
+        })
         .collect();
     let endpoints = serde_json::json!({"controller": null, "nodes": nodes});
     std::fs::write(&files.endpoints, serde_json::to_string_pretty(&endpoints)?)?;

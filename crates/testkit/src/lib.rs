@@ -140,6 +140,21 @@ impl Pki {
         std::fs::write(&self.cert_path, &leaf.cert_pem).expect("write");
     }
 
+    /// A client certificate from this CA (operator, controller).
+    pub fn client_cert(&self, cn: &str) -> (String, String) {
+        let leaf = pki::new_leaf(&self.ca, TEST_CA, cn, &[cn], false, true).expect("leaf");
+        (leaf.cert_pem, leaf.key_pem)
+    }
+
+    /// Writes control-plane server files (cert, key for localhost/127.0.0.1) and returns the config.
+    pub fn control_config(&self) -> palisade_node::config::ControlConfig {
+        let leaf = pki::new_leaf(&self.ca, TEST_CA, "node-control", &["localhost", "127.0.0.1"], true, true).expect("leaf");
+        let (cert, key) = (self.dir.path().join("control.pem"), self.dir.path().join("control-key.pem"));
+        std::fs::write(&cert, &leaf.cert_pem).expect("write");
+        std::fs::write(&key, &leaf.key_pem).expect("write");
+        palisade_node::config::ControlConfig { cert, key, ca: self.ca_path.clone() }
+    }
+
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca.cert_pem.as_bytes()) {
@@ -180,6 +195,8 @@ pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
         policy_file,
         drain_deadline_seconds: 2,
         refusal_lane: 64,
+        control: None,
+        insecure_control_plane: false,
     }
 }
 
@@ -194,6 +211,10 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node serving `policy` (none: the node has no policy and fails closed).
     pub async fn start(policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        Self::start_inner(policy, |cfg, _| tweak(cfg)).await
+    }
+
+    async fn start_inner(policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig, &Pki)) -> TestNode {
         init();
         let pki = Pki::new();
         let policy_file = policy.map(|p| {
@@ -202,9 +223,9 @@ impl TestNode {
             path
         });
         let mut cfg = node_config(&pki, policy_file);
-        tweak(&mut cfg);
+        tweak(&mut cfg, &pki);
         let node = Node::bind(cfg).await.expect("node binds");
-        let handle = node.spawn();
+        let handle = node.spawn().await;
         let addr = handle.wss_addr;
         let tls = pki.client_tls();
         TestNode { pki, handle, addr, tls }
@@ -212,6 +233,28 @@ impl TestNode {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("wss://127.0.0.1:{}{}", self.addr.port(), path_and_query)
+    }
+
+    /// Starts a node with its control plane on a free port, mTLS with this test CA.
+    pub async fn start_with_control(policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        Self::start_inner(policy, move |cfg, pki| {
+            cfg.listen.control = Some(([127, 0, 0, 1], 0).into());
+            cfg.control = Some(pki.control_config());
+            tweak(cfg);
+        })
+        .await
+    }
+
+    /// A gRPC channel to the control plane; `identity` is a client certificate and key
+    /// (none: no client certificate), `ca` the roots to trust (default: the test CA).
+    pub async fn control_channel(&self, identity: Option<(String, String)>) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let addr = self.handle.control_addr.expect("control listener");
+        grpc_channel(addr, &self.pki.ca.cert_pem, identity).await
+    }
+
+    pub async fn control(&self) -> palisade_proto::node::v1::node_control_client::NodeControlClient<tonic::transport::Channel> {
+        let ch = self.control_channel(Some(self.pki.client_cert("operator"))).await.expect("channel");
+        palisade_proto::node::v1::node_control_client::NodeControlClient::new(ch)
     }
 
     /// A WebSocket handshake through tokio-tungstenite over real TLS.
@@ -458,4 +501,24 @@ impl UpstreamServer {
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().expect("lock").clone()
     }
+}
+
+/// A gRPC channel over TLS to `addr` (server name `localhost`), trusting `ca_pem`.
+pub async fn grpc_channel(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
 }

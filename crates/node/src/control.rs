@@ -1,0 +1,278 @@
+//! The node's control plane (SPEC section 6): `palisade.node.v1.NodeControl` over gRPC,
+//! with health and reflection (v1 and v1alpha), mTLS by default.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use palisade_proto::convert;
+use palisade_proto::node::v1 as pb;
+use palisade_proto::node::v1::node_control_server::{NodeControl, NodeControlServer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::policy_store::ApplyError;
+use crate::registry::{Command, Selector, SessionInfo};
+use crate::state::NodeState;
+
+/// mTLS material of a control-plane server: its certificate and the CA its clients'
+/// certificates must chain to.
+#[derive(Debug, Clone)]
+pub struct ControlTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
+}
+
+impl ControlTls {
+    pub fn load(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> std::io::Result<ControlTls> {
+        Ok(ControlTls {
+            cert_pem: std::fs::read_to_string(cert)?,
+            key_pem: std::fs::read_to_string(key)?,
+            client_ca_pem: std::fs::read_to_string(ca)?,
+        })
+    }
+
+    /// Client certificates are required (not optional) and must chain to the control CA.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
+            .client_auth_optional(false)
+    }
+}
+
+/// Serves a set of tonic services with health and reflection on `listener` until `stop`.
+/// Shared by the node and the controller.
+pub async fn serve_grpc(
+    router_for: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    listener: TcpListener,
+    tls: Option<ControlTls>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "reflection v1");
+            e
+        });
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
+    if let Some(t) = &tls {
+        builder = builder.tls_config(t.server_config())?;
+    }
+    let mut router = builder.add_service(health_service);
+    if let Ok(r) = reflection_v1 {
+        router = router.add_service(r);
+    }
+    if let Ok(r) = reflection_v1alpha {
+        router = router.add_service(r);
+    }
+    let router = router_for(router);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    router
+        .serve_with_incoming_shutdown(incoming, async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+}
+
+/// Starts the node's control server in the background.
+pub async fn spawn(
+    state: Arc<NodeState>,
+    listener: TcpListener,
+    tls: Option<ControlTls>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NodeControlServer<NodeControlService>>().await;
+    let svc = NodeControlServer::new(NodeControlService { state: state.clone() }).max_decoding_message_size(4 * 1024 * 1024);
+    tokio::spawn(async move {
+        let _health = health; // keeps the serving status registered
+        if let Err(e) = serve_grpc(move |r| r.add_service(svc), health_service, listener, tls, stop).await {
+            tracing::error!(event = "control_plane_failed", node = %state.id, error = %e);
+        }
+    })
+}
+
+pub struct NodeControlService {
+    pub state: Arc<NodeState>,
+}
+
+/// Converts a wire selector; an empty one is `None`.
+pub fn selector(s: Option<pb::Selector>) -> Result<Option<Selector>, Status> {
+    use pb::selector::Target;
+    Ok(match s.and_then(|s| s.target) {
+        None => None,
+        Some(Target::ConnId(c)) => Some(Selector::Conn(c)),
+        Some(Target::Subject(s)) => Some(Selector::Subject(s)),
+        Some(Target::Session(j)) => Some(Selector::Session(j)),
+        Some(Target::ClientAddress(a)) => {
+            Some(Selector::Client(a.parse::<IpAddr>().map_err(|_| Status::invalid_argument("selector.client_address: not an IP address"))?))
+        }
+        Some(Target::All(true)) => Some(Selector::All),
+        Some(Target::All(false)) => None,
+    })
+}
+
+pub fn connection(i: &SessionInfo) -> pb::Connection {
+    let c = &i.counters;
+    pb::Connection {
+        conn_id: i.conn_id.clone(),
+        subject: i.subject.clone(),
+        session: i.jti.clone().unwrap_or_default(),
+        client_address: i.client.to_string(),
+        route: i.route.clone(),
+        started_unix_ms: i.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        bytes_in: c.bytes_in.load(Ordering::Relaxed),
+        bytes_out: c.bytes_out.load(Ordering::Relaxed),
+        messages_in: c.messages_in.load(Ordering::Relaxed),
+        messages_out: c.messages_out.load(Ordering::Relaxed),
+        buffered_bytes: c.buffered.load(Ordering::Relaxed),
+    }
+}
+
+pub fn stats(state: &NodeState) -> pb::Stats {
+    let c = &state.counters;
+    pb::Stats {
+        node_id: state.id.clone(),
+        cluster: state.cluster.clone(),
+        policy_version: state.policy.version(),
+        active_connections: state.registry.len() as u64,
+        handshakes_accepted: c.handshakes_accepted.load(Ordering::Relaxed),
+        handshakes_refused: c.handshakes_refused.load(Ordering::Relaxed),
+        messages_in: c.messages_in.load(Ordering::Relaxed),
+        messages_out: c.messages_out.load(Ordering::Relaxed),
+        bytes_in: c.bytes_in.load(Ordering::Relaxed),
+        bytes_out: c.bytes_out.load(Ordering::Relaxed),
+        buffered_bytes: state.registry.buffered_bytes(),
+        draining: state.is_draining(),
+        ready: state.is_ready(),
+        uptime_seconds: state.started.elapsed().map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// A policy error as gRPC status: stale is FAILED_PRECONDITION, invalid is
+/// INVALID_ARGUMENT naming the field.
+pub fn apply_status(e: ApplyError) -> Status {
+    match e {
+        ApplyError::Stale { .. } => Status::failed_precondition(e.to_string()),
+        ApplyError::Invalid(p) => Status::invalid_argument(p.to_string()),
+    }
+}
+
+type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl NodeControl for NodeControlService {
+    async fn get_policy(&self, _req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        let p = self.state.policy.load().ok_or_else(|| Status::not_found("this node has no policy yet"))?;
+        Ok(Response::new(pb::GetPolicyResponse { policy: Some(convert::versioned(p.version, &p.document)) }))
+    }
+
+    async fn apply_policy(&self, req: Request<pb::ApplyPolicyRequest>) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let req = req.into_inner();
+        let v = req.policy.ok_or_else(|| Status::invalid_argument("policy: required"))?;
+        if v.version == 0 {
+            return Err(Status::invalid_argument("policy.version: must be at least 1"));
+        }
+        let doc = convert::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let compiled = self.state.policy.apply(&doc, v.version, req.dry_run).map_err(apply_status)?;
+        tracing::info!(event = "policy_applied", node = %self.state.id, version = compiled.version, dry_run = req.dry_run);
+        Ok(Response::new(pb::ApplyPolicyResponse { version: compiled.version, applied: !req.dry_run, dry_run: req.dry_run }))
+    }
+
+    async fn disconnect(&self, req: Request<pb::DisconnectRequest>) -> Result<Response<pb::DisconnectResponse>, Status> {
+        let req = req.into_inner();
+        let sel = selector(req.selector)?.ok_or_else(|| Status::invalid_argument("selector: required (use all=true for everyone)"))?;
+        let code = match req.code {
+            0 => 4003,
+            c @ 4000..=4999 => c as u16,
+            _ => return Err(Status::invalid_argument("code: must be 4000-4999 (0 means 4003)")),
+        };
+        let reason: String = req.reason.chars().take(100).collect();
+        let closed = self.state.registry.dispatch(&sel, Command::Close { code, reason });
+        tracing::info!(event = "disconnect", node = %self.state.id, code, closed);
+        Ok(Response::new(pb::DisconnectResponse { closed: closed as u32 }))
+    }
+
+    async fn list_connections(&self, req: Request<pb::ListConnectionsRequest>) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let req = req.into_inner();
+        let sel = selector(req.selector)?.unwrap_or(Selector::All);
+        let size = match req.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        let mut page = self.state.registry.list(&sel, after, size + 1);
+        let next = if page.len() > size {
+            page.truncate(size);
+            page.last().map(|i| i.conn_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListConnectionsResponse { connections: page.iter().map(connection).collect(), next_page_token: next }))
+    }
+
+    async fn get_stats(&self, _req: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
+        Ok(Response::new(stats(&self.state)))
+    }
+
+    type WatchStatsStream = StatsStream;
+
+    async fn watch_stats(&self, req: Request<pb::WatchStatsRequest>) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let interval = Duration::from_millis(match req.into_inner().interval_ms {
+            0 => 1000,
+            n => u64::from(n.max(100)),
+        });
+        let state = self.state.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if tx.send(Ok(stats(&state))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+        let req = req.into_inner();
+        let sel = selector(req.selector)?.ok_or_else(|| Status::invalid_argument("selector: required (use all=true for everyone)"))?;
+        if !req.binary && std::str::from_utf8(&req.payload).is_err() {
+            return Err(Status::invalid_argument("payload: a text message must be UTF-8 (or set binary)"));
+        }
+        let delivered = self.state.registry.dispatch(&sel, Command::Send { payload: req.payload.into(), binary: req.binary });
+        Ok(Response::new(pb::SendResponse { delivered: delivered as u32 }))
+    }
+
+    async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        let deadline = match req.into_inner().deadline_seconds {
+            0 => self.state.config.drain_deadline(),
+            n => Duration::from_secs(u64::from(n).min(3600)),
+        };
+        let at_start = self.state.registry.len() as u32;
+        let state = self.state.clone();
+        tokio::spawn(async move { crate::node::drain(&state, deadline).await });
+        Ok(Response::new(pb::DrainResponse { sessions_at_start: at_start }))
+    }
+}
