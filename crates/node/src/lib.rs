@@ -7,6 +7,7 @@ pub mod control;
 pub mod egress;
 pub mod handshake;
 pub mod http;
+pub mod jwks;
 pub mod limiter;
 pub mod node;
 pub mod pki;

@@ -88,6 +88,8 @@ pub struct NodeState {
     pub registry: Registry,
     pub counters: Counters,
     pub egress: crate::egress::EgressMeter,
+    /// Keys from the policy's `auth.jwks_url`, when it has one.
+    pub jwks: crate::jwks::JwksHolder,
 }
 
 impl NodeState {
@@ -118,6 +120,7 @@ impl NodeState {
             registry: Registry::default(),
             counters: Counters::default(),
             egress: Default::default(),
+            jwks: Default::default(),
             config,
         }))
     }
