@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// the CA that client (operator, controller) certificates must chain to.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// Cluster state in etcd (SPEC section 8): registration, the policy watch, one-time
+    /// tickets shared by the fleet. Without it the node stands alone (in-memory tickets).
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
     /// Plain-text control plane: only from the `--insecure-control-plane` flag, never
     /// from a file.
     #[serde(skip)]
@@ -49,6 +53,94 @@ pub struct ControlConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+}
+
+/// `[etcd]`: where the cluster state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port` (then `ca`, and `cert` + `key` for mTLS).
+    pub endpoints: Vec<String>,
+    /// TTL of the registration lease, kept alive at a third of it. A killed node leaves
+    /// the registry within this TTL.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_seconds: u64,
+    /// Deadline of each etcd request (a ticket consumed in a handshake waits at most this).
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_ms: u64,
+    /// Host (name or address) written in the registration record for the WSS and control
+    /// addresses; default: the listener's address, or the host name when it listens on
+    /// every interface.
+    #[serde(default)]
+    pub advertise_host: Option<String>,
+    /// Free-form labels published in the registration record.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// CA file for `https://` endpoints.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for etcd's client-certificate authentication.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_lease_ttl() -> u64 {
+    10
+}
+fn default_etcd_timeout() -> u64 {
+    2_000
+}
+
+impl EtcdConfig {
+    pub fn new(endpoints: Vec<String>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            lease_ttl_seconds: default_lease_ttl(),
+            timeout_ms: default_etcd_timeout(),
+            advertise_host: None,
+            labels: Default::default(),
+            ca: None,
+            cert: None,
+            key: None,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(field("etcd.endpoints", "at least one endpoint is required"));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['/', ' ', '?', '#'])) {
+                return Err(field(&format!("etcd.endpoints[{i}]"), "must be http://host:port or https://host:port"));
+            }
+        }
+        let tls = self.ca.is_some() || self.cert.is_some() || self.key.is_some();
+        if tls && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err(field("etcd.endpoints", "TLS files (ca, cert, key) need https:// endpoints"));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(field(if self.cert.is_some() { "etcd.key" } else { "etcd.cert" }, "cert and key go together"));
+        }
+        if !(2..=300).contains(&self.lease_ttl_seconds) {
+            return Err(field("etcd.lease_ttl_seconds", "must be between 2 and 300"));
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Err(field("etcd.timeout_ms", "must be between 100 and 60000"));
+        }
+        if let Some(h) = &self.advertise_host
+            && (h.is_empty() || h.contains(['/', ' ', '@']))
+        {
+            return Err(field("etcd.advertise_host", "must be a host name or an address"));
+        }
+        Ok(())
+    }
 }
 
 fn default_cluster() -> String {
@@ -158,7 +250,8 @@ impl NodeConfig {
 
     /// `PALISADE_NODE_ID`, `PALISADE_CLUSTER`, `PALISADE_WSS_ADDR`, `PALISADE_CONTROL_ADDR`,
     /// `PALISADE_TLS_CERT`, `PALISADE_TLS_KEY`, `PALISADE_POLICY_FILE`,
-    /// `PALISADE_TRUSTED_PROXIES` (comma-separated CIDRs).
+    /// `PALISADE_TRUSTED_PROXIES` (comma-separated CIDRs), `PALISADE_ETCD_ENDPOINTS`
+    /// (comma-separated; creates the `[etcd]` section with its defaults when missing).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PALISADE_NODE_ID") {
             self.id = Some(v);
@@ -192,6 +285,16 @@ impl NodeConfig {
                 .map(|s| s.parse().map_err(|_| field("PALISADE_TRUSTED_PROXIES", format!("`{s}` is not a CIDR"))))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(v) = get("PALISADE_ETCD_ENDPOINTS") {
+            let endpoints: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            if endpoints.is_empty() {
+                return Err(field("PALISADE_ETCD_ENDPOINTS", "no endpoint given"));
+            }
+            match &mut self.etcd {
+                Some(e) => e.endpoints = endpoints,
+                None => self.etcd = Some(EtcdConfig::new(endpoints)),
+            }
+        }
         Ok(())
     }
 
@@ -216,6 +319,11 @@ impl NodeConfig {
         for r in &mut self.routes {
             fix(&mut r.upstream_ca);
             fix(&mut r.schema);
+        }
+        if let Some(e) = &mut self.etcd {
+            fix(&mut e.ca);
+            fix(&mut e.cert);
+            fix(&mut e.key);
         }
     }
 
@@ -265,6 +373,17 @@ impl NodeConfig {
         if self.drain_deadline_seconds > 3600 {
             return Err(field("drain_deadline_seconds", "must be at most 3600"));
         }
+        if let Some(e) = &self.etcd {
+            e.validate()?;
+        }
+        if self.cluster.is_empty() || self.cluster.contains(['/', ' ']) {
+            return Err(field("cluster", "must be a non-empty name without `/` or spaces"));
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.contains('/') || id.contains(char::is_whitespace))
+        {
+            return Err(field("id", "must be a non-empty name without `/` or spaces"));
+        }
         Ok(())
     }
 
@@ -277,5 +396,50 @@ impl NodeConfig {
 
     pub fn drain_deadline(&self) -> Duration {
         Duration::from_secs(self.drain_deadline_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[listen]
+wss = "127.0.0.1:8443"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+[[routes]]
+path = "/echo"
+echo = true
+"#;
+
+    #[test]
+    fn etcd_section_defaults_and_validation() {
+        let cfg = NodeConfig::from_toml(BASE).expect("parses");
+        assert!(cfg.etcd.is_none());
+        let cfg = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n")).expect("parses");
+        let e = cfg.etcd.as_ref().expect("etcd");
+        assert_eq!((e.lease_ttl_seconds, e.timeout_ms), (10, 2000));
+        cfg.validate().expect("valid");
+
+        let bad = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n")).expect("parses");
+        assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.endpoints[0]"));
+        let bad =
+            NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\nlease_ttl_seconds = 1\n")).expect("parses");
+        assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.lease_ttl_seconds"));
+        let bad = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\nca = \"ca.pem\"\n")).expect("parses");
+        assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.endpoints"));
+        assert!(NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = []\nbogus = 1\n")).is_err(), "unknown fields refused");
+    }
+
+    #[test]
+    fn etcd_endpoints_from_the_environment() {
+        let mut cfg = NodeConfig::from_toml(BASE).expect("parses");
+        cfg.apply_env(|k| (k == "PALISADE_ETCD_ENDPOINTS").then(|| " http://a:2379, http://b:2379 ,".to_owned())).expect("env");
+        let e = cfg.etcd.as_ref().expect("section created");
+        assert_eq!(e.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(e.lease_ttl_seconds, 10);
+        assert!(cfg.apply_env(|k| (k == "PALISADE_ETCD_ENDPOINTS").then(|| " , ".to_owned())).is_err());
     }
 }

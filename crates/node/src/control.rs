@@ -50,24 +50,27 @@ impl ControlTls {
 /// Serves a set of tonic services with health and reflection on `listener` until `stop`.
 /// Shared by the node and the controller.
 pub async fn serve_grpc(
+    service_name: &str,
     router_for: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     listener: TcpListener,
     tls: Option<ControlTls>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| {
-            tracing::error!(error = %e, "reflection v1");
-            e
-        });
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha();
+    // Advertise what this server serves (the descriptor set also describes the other
+    // side's service, which is not served here).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service_name)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| {
+        tracing::error!(error = %e, "reflection v1");
+        e
+    });
+    let reflection_v1alpha = reflection().build_v1alpha();
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
     if let Some(t) = &tls {
         builder = builder.tls_config(t.server_config())?;
@@ -104,7 +107,7 @@ pub async fn spawn(
     let svc = NodeControlServer::new(NodeControlService { state: state.clone() }).max_decoding_message_size(4 * 1024 * 1024);
     tokio::spawn(async move {
         let _health = health; // keeps the serving status registered
-        if let Err(e) = serve_grpc(move |r| r.add_service(svc), health_service, listener, tls, stop).await {
+        if let Err(e) = serve_grpc("palisade.node.v1.NodeControl", move |r| r.add_service(svc), health_service, listener, tls, stop).await {
             tracing::error!(event = "control_plane_failed", node = %state.id, error = %e);
         }
     })
@@ -242,11 +245,17 @@ impl NodeControl for NodeControlService {
         });
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut stop = state.stop_tx.subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                // The stream ends when the node stops, so that no watcher holds up its
+                // graceful shutdown.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
                 if tx.send(Ok(stats(&state))).await.is_err() {
                     break;
                 }

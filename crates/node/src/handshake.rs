@@ -168,15 +168,23 @@ async fn verify(
 ) -> Result<Claims, Refusal> {
     let now = unix_now();
     let result = match credential {
-        Credential::Jwt { token, .. } => policy.verifier.verify(&token, now).map_err(|e| {
+        Credential::Jwt { token, .. } => crate::jwks::verify(&state.jwks, policy, &token, now).await.map_err(|e| {
             attempt.reason = Some(e.reason());
             Refusal::from(e)
         }),
         Credential::Ticket(id) => {
-            let rec = state.tickets.consume(&id).ok_or_else(|| {
-                attempt.reason = Some("ticket_unknown");
-                Refusal::TicketInvalid
-            })?;
+            let rec = match state.tickets.consume(&id).await {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    attempt.reason = Some("ticket_unknown");
+                    return Err(Refusal::TicketInvalid);
+                }
+                // The store (etcd) is unreachable: fail closed.
+                Err(_) => {
+                    attempt.reason = Some("ticket_store_unavailable");
+                    return Err(Refusal::TicketInvalid);
+                }
+            };
             if let Some(bound) = &rec.origin
                 && head.header("origin") != Some(bound.as_str())
             {

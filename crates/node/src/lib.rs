@@ -2,6 +2,7 @@
 //! (section 4), the session registry and the in-process ticket store.
 
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod egress;

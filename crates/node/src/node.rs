@@ -104,20 +104,35 @@ impl Node {
             control_task = Some(crate::control::spawn(self.state.clone(), listener, tls, self.state.stop_tx.subscribe()).await);
         }
         let task = tokio::spawn(crate::server::serve(self.state.clone(), self.listener, self.tls, stop_rx));
+        // Cluster state (SPEC section 8): registration and the policy watch, once the
+        // listeners are bound so that the record holds their real addresses.
+        let cluster_tasks = match &self.state.etcd {
+            Some(etcd) => {
+                let record = crate::cluster::NodeRecord::new(&self.state, wss_addr, control_addr);
+                crate::cluster::spawn(self.state.clone(), etcd.clone(), record)
+            }
+            None => Vec::new(),
+        };
         tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, control = ?control_addr, "node serving");
-        NodeHandle { state: self.state, wss_addr, control_addr, task, control_task, watcher }
+        NodeHandle { state: self.state, wss_addr, control_addr, task, control_task, watcher, cluster_tasks }
     }
 }
 
-/// Graceful drain: `/readyz` turns 503 and new handshakes get 503 at once; live sessions
-/// are closed with 1001 spread over the deadline; the listeners stop when the sessions
-/// are gone or at the deadline. Returns how many sessions were still open at the deadline
-/// (closed then).
+/// Graceful drain (SPEC section 4): `/readyz` turns 503 and new handshakes get 503 at
+/// once; the node deregisters from etcd (so the fleet stops sending it clients) before
+/// any session is closed; live sessions are closed with 1001 spread over the deadline;
+/// the listeners stop when the sessions are gone or at the deadline. Returns how many
+/// sessions were still open at the deadline (closed then).
 pub async fn drain(st: &Arc<NodeState>, deadline: Duration) -> usize {
     if st.draining.swap(true, Ordering::AcqRel) {
         return 0;
     }
     tracing::info!(event = "drain_started", node = %st.id, sessions = st.registry.len());
+    if let Some(etcd) = &st.etcd {
+        // Bounded (twice the etcd timeout): an unreachable etcd does not hold the drain;
+        // the lease then expires by itself.
+        etcd.deregister().await;
+    }
     st.drain_tx.send_replace(true);
     let until = tokio::time::Instant::now() + deadline;
     while !st.registry.is_empty() && tokio::time::Instant::now() < until {
@@ -141,6 +156,8 @@ pub struct NodeHandle {
     task: tokio::task::JoinHandle<()>,
     control_task: Option<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// etcd registration and policy watch (they end with `stop_tx`).
+    cluster_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -162,6 +179,9 @@ impl NodeHandle {
         }
         if let Some(w) = self.watcher {
             w.abort();
+        }
+        for t in self.cluster_tasks {
+            let _ = t.await;
         }
     }
 }

@@ -286,7 +286,16 @@ async fn mint_ticket(
         }
     };
     let ttl = policy.ticket_ttl_seconds;
-    let id = state.tickets.mint(TicketRecord { claims, origin }, Duration::from_secs(ttl));
+    // With etcd unreachable tickets fail closed: no ticket rather than one the fleet may
+    // not honour exactly once.
+    let id = match state.tickets.mint(TicketRecord { claims, origin }, Duration::from_secs(ttl)).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(event = "ticket_store_unavailable", node = %state.id, error = %e);
+            attempt.reason = Some("ticket_store_unavailable");
+            return refuse(state, stream, attempt, Refusal::Unavailable { retry_after: Duration::from_secs(1) }).await;
+        }
+    };
     attempt.emit(&state.id, true, 201, "ticket_issued");
     let body = serde_json::json!({"ticket": id, "expires_in": ttl}).to_string();
     let _ = http::write_response(stream, 201, &[], "application/json", body.as_bytes()).await;

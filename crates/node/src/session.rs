@@ -513,7 +513,7 @@ impl Session {
             return close_with(close::TOO_BIG, "message too big");
         }
         if !binary && let Some(ctl) = control_msg::parse(&data) {
-            return self.on_control(ctl);
+            return self.on_control(ctl).await;
         }
         if !self.take_token() {
             return close_with(close::RATE_LIMITED, "message rate limit");
@@ -540,13 +540,13 @@ impl Session {
         }
     }
 
-    fn on_control(&mut self, ctl: ControlMessage) -> Flow {
+    async fn on_control(&mut self, ctl: ControlMessage) -> Flow {
         let reply = match ctl {
             ControlMessage::Ping => control_msg::pong().to_owned(),
             ControlMessage::Auth(None) => control_msg::auth_error("token_invalid"),
             ControlMessage::Auth(Some(token)) => {
                 let policy = self.state.policy.load().unwrap_or_else(|| self.policy.clone());
-                match policy.verifier.verify(&token, unix_now()) {
+                match crate::jwks::verify(&self.state.jwks, &policy, &token, unix_now()).await {
                     Ok(c) if c.sub == self.acc.claims.sub => {
                         let exp = c.exp;
                         self.acc.claims = c;

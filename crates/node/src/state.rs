@@ -15,7 +15,7 @@ use crate::config::{NodeConfig, RouteConfig};
 use crate::limiter::{RateLimiter, Slots};
 use crate::policy_store::PolicyStore;
 use crate::registry::Registry;
-use crate::tickets::MemoryTickets;
+use crate::tickets::Tickets;
 
 pub enum RouteKind {
     Echo,
@@ -84,7 +84,11 @@ pub struct NodeState {
     pub drain_tx: watch::Sender<bool>,
     /// Stops the listeners (WSS and control).
     pub stop_tx: watch::Sender<bool>,
-    pub tickets: MemoryTickets,
+    /// One-time tickets: in etcd when `[etcd]` is configured (shared by the fleet), else
+    /// in memory.
+    pub tickets: Tickets,
+    /// The cluster store (`[etcd]`): registration, the policy watch, tickets.
+    pub etcd: Option<Arc<crate::cluster::Etcd>>,
     pub registry: Registry,
     pub counters: Counters,
     pub egress: crate::egress::EgressMeter,
@@ -100,8 +104,14 @@ impl NodeState {
             .map(|r| Ok((r.path.clone(), Arc::new(Route::from_config(r)?))))
             .collect::<Result<HashMap<_, _>, String>>()?;
         let placeholder = RateSpec { per_second: 1.0, burst: 1 };
+        let id = config.node_id();
+        let etcd = match &config.etcd {
+            Some(e) => Some(Arc::new(crate::cluster::Etcd::new(e, &config.cluster, &id).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        let tickets = etcd.clone().map_or_else(Tickets::default, Tickets::Etcd);
         Ok(Arc::new(NodeState {
-            id: config.node_id(),
+            id,
             cluster: config.cluster.clone(),
             started: SystemTime::now(),
             policy: PolicyStore::default(),
@@ -116,7 +126,8 @@ impl NodeState {
             draining: AtomicBool::new(false),
             drain_tx: watch::channel(false).0,
             stop_tx: watch::channel(false).0,
-            tickets: MemoryTickets::default(),
+            tickets,
+            etcd,
             registry: Registry::default(),
             counters: Counters::default(),
             egress: Default::default(),

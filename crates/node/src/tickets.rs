@@ -1,19 +1,128 @@
 //! One-time tickets (SPEC section 5): minted by `POST /v1/tickets` for a verified token,
-//! consumed by the first handshake that presents one. This is the in-process store of
-//! a single node or of `palisade dev`; the cluster store lives in etcd.
+//! consumed by the first handshake that presents one.
+//!
+//! Two stores behind one API ([`Tickets`]): in memory for a node on its own (and
+//! `palisade dev`), and etcd for a fleet, where a ticket minted on one node is consumed on
+//! any node exactly once (an etcd transaction) and expires with its lease. With etcd
+//! unreachable the etcd store fails closed: minting answers 503, consuming refuses.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use palisade_policy::Claims;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{ClusterError, Etcd};
 
 /// What a ticket stands for: the verified token's identity and an optional Origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketRecord {
     pub claims: Claims,
     pub origin: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    /// The store cannot be reached (etcd down or slow): fail closed.
+    #[error("the ticket store is unavailable: {0}")]
+    Unavailable(#[from] ClusterError),
+}
+
+/// The ticket store of a node: in memory, or shared by the fleet in etcd.
+pub enum Tickets {
+    Memory(MemoryTickets),
+    Etcd(Arc<Etcd>),
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets::Memory(MemoryTickets::default())
+    }
+}
+
+impl Tickets {
+    /// Stores `record` for `ttl` and returns the new ticket id.
+    pub async fn mint(&self, record: TicketRecord, ttl: Duration) -> Result<String, TicketError> {
+        match self {
+            Tickets::Memory(m) => Ok(m.mint(record, ttl)),
+            Tickets::Etcd(etcd) => {
+                let id = new_ticket_id();
+                let expires_unix_ms = crate::cluster::unix_ms().saturating_add(ttl.as_millis() as u64);
+                let value = StoredTicket::from_record(record, expires_unix_ms).encode();
+                etcd.put_ticket(&id, value, ttl).await?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// Removes and returns the ticket if it exists and has not expired: the first call
+    /// with an id wins, on any node; every later call gets `Ok(None)`. `Err` when the
+    /// store is unreachable (the caller refuses: fail closed).
+    pub async fn consume(&self, id: &str) -> Result<Option<TicketRecord>, TicketError> {
+        // Not one of ours: refused without a round trip (and never a key we did not make).
+        if !plausible_id(id) {
+            return Ok(None);
+        }
+        match self {
+            Tickets::Memory(m) => Ok(m.consume(id)),
+            Tickets::Etcd(etcd) => {
+                let Some(value) = etcd.take_ticket(id).await? else { return Ok(None) };
+                // A value we cannot read is treated as no ticket at all.
+                let Some(stored) = StoredTicket::decode(&value) else {
+                    tracing::warn!(event = "ticket_corrupt", "a ticket in etcd could not be decoded; refused");
+                    return Ok(None);
+                };
+                // The lease is whole seconds and expires lazily; the record is exact.
+                Ok((stored.expires_unix_ms > crate::cluster::unix_ms()).then(|| stored.into_record()))
+            }
+        }
+    }
+}
+
+/// A ticket id as minted: base64url, between 128 and 1024 bits.
+fn plausible_id(id: &str) -> bool {
+    (22..=171).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A ticket as stored in etcd (JSON). `palisade_policy::Claims` has no serde derives: this
+/// mirrors it field by field.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredTicket {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+    claims_b64: String,
+    #[serde(default)]
+    origin: Option<String>,
+    expires_unix_ms: u64,
+}
+
+impl StoredTicket {
+    fn from_record(r: TicketRecord, expires_unix_ms: u64) -> StoredTicket {
+        let Claims { sub, exp, iat, jti, kid, claims_b64 } = r.claims;
+        StoredTicket { sub, exp, iat, jti, kid, claims_b64, origin: r.origin, expires_unix_ms }
+    }
+
+    fn into_record(self) -> TicketRecord {
+        let StoredTicket { sub, exp, iat, jti, kid, claims_b64, origin, .. } = self;
+        TicketRecord { claims: Claims { sub, exp, iat, jti, kid, claims_b64 }, origin }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // Plain strings and integers: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<StoredTicket> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 #[derive(Default)]
@@ -44,5 +153,49 @@ impl MemoryTickets {
     pub fn consume(&self, id: &str) -> Option<TicketRecord> {
         let (rec, exp) = self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id)?;
         (exp > Instant::now()).then_some(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TicketRecord {
+        TicketRecord {
+            claims: Claims {
+                sub: "alice".into(),
+                exp: 2_000_000_000,
+                iat: Some(1_900_000_000),
+                jti: Some("j1".into()),
+                kid: None,
+                claims_b64: "eyJzdWIiOiJhbGljZSJ9".into(),
+            },
+            origin: Some("https://app.example.com".into()),
+        }
+    }
+
+    #[test]
+    fn stored_ticket_round_trips_every_claim() {
+        let bytes = StoredTicket::from_record(record(), 42).encode();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["sub"], "alice");
+        assert_eq!(v["origin"], "https://app.example.com");
+        assert_eq!(v["expires_unix_ms"], 42);
+        let back = StoredTicket::decode(&bytes).expect("decodes");
+        assert_eq!(back.expires_unix_ms, 42);
+        assert_eq!(back.into_record(), record());
+        assert!(StoredTicket::decode(b"{\"sub\":1}").is_none());
+    }
+
+    #[tokio::test]
+    async fn memory_tickets_are_single_use() {
+        let t = Tickets::default();
+        let id = t.mint(record(), Duration::from_secs(30)).await.expect("mint");
+        assert!(plausible_id(&id));
+        assert_eq!(t.consume(&id).await.expect("store").expect("first use"), record());
+        assert!(t.consume(&id).await.expect("store").is_none(), "second use");
+        assert!(t.consume("../nodes/x").await.expect("store").is_none());
+        let id = t.mint(record(), Duration::ZERO).await.expect("mint");
+        assert!(t.consume(&id).await.expect("store").is_none(), "expired");
     }
 }

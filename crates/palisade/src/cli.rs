@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub conn: crate::ops::Conn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -22,6 +24,78 @@ pub enum Command {
         /// production; logs a warning).
         #[arg(long)]
         insecure_control_plane: bool,
+    },
+    /// Run the controller.
+    Controller {
+        #[arg(long, env = "PALISADE_CONTROLLER_CONFIG")]
+        config: PathBuf,
+        /// Plain-text control plane on both sides (never in production; logs a warning).
+        #[arg(long)]
+        insecure_control_plane: bool,
+    },
+    /// List the fleet's nodes.
+    Nodes,
+    /// Fleet statistics (totals and per node).
+    Stats {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Live sessions across the fleet.
+    Connections {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// The fleet's policy.
+    Policy {
+        #[command(subcommand)]
+        command: crate::ops::PolicyCommand,
+    },
+    /// Signing-key rotation.
+    Keys {
+        #[command(subcommand)]
+        command: crate::ops::KeysCommand,
+    },
+    /// Revoke a subject's tokens or one token; live sessions are closed too (4003).
+    Revoke {
+        #[command(flatten)]
+        target: crate::ops::RevokeTarget,
+        /// RFC 3339: with --user, only tokens issued before this time.
+        #[arg(long)]
+        issued_before: Option<String>,
+        /// RFC 3339: when the entry may be dropped.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Close sessions across the fleet.
+    Disconnect {
+        #[command(flatten)]
+        target: crate::ops::Target,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 4003)]
+        code: u32,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Push a message to live sessions.
+    Send {
+        #[command(flatten)]
+        target: crate::ops::SendTarget,
+        /// The message (JSON).
+        #[arg(long)]
+        data: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Gracefully drain one node.
+    Drain {
+        node: String,
+        /// Seconds over which sessions are closed (0: the node's configured deadline).
+        #[arg(long, default_value_t = 0)]
+        deadline: u32,
     },
     /// The whole fleet on this machine, with dev certificates, key and policy under --dir.
     Dev {
@@ -81,7 +155,35 @@ pub fn init_logging() {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = cli.conn;
     match cli.command {
+        Command::Controller { config, insecure_control_plane } => {
+            init_logging();
+            let cfg = palisade_controller::ControllerConfig::load(&config, insecure_control_plane)?;
+            if insecure_control_plane {
+                tracing::warn!(event = "insecure_control_plane", "the control plane is PLAIN TEXT without client authentication");
+            }
+            let (controller, etcd) = palisade_controller::Controller::from_config(&cfg).await.map_err(anyhow::Error::msg)?;
+            let tls = match &cfg.tls {
+                Some(t) => Some(palisade_node::control::ControlTls::load(&t.cert, &t.key, &t.ca).context("controller TLS files")?),
+                None => None,
+            };
+            let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            let handle = controller.serve(listener, tls, etcd).await;
+            wait_for_shutdown().await;
+            handle.stop();
+            handle.join().await;
+            Ok(())
+        }
+        Command::Nodes => crate::ops::nodes(&conn).await,
+        Command::Stats { watch } => crate::ops::stats(&conn, watch).await,
+        Command::Connections { user, node } => crate::ops::connections(&conn, user, node).await,
+        Command::Policy { command } => crate::ops::policy(&conn, command).await,
+        Command::Keys { command } => crate::ops::keys(&conn, command).await,
+        Command::Revoke { target, issued_before, expires } => crate::ops::revoke(&conn, target, issued_before, expires).await,
+        Command::Disconnect { target, node, code, reason } => crate::ops::disconnect(&conn, target, node, code, reason).await,
+        Command::Send { target, data, node } => crate::ops::send(&conn, target, data, node).await,
+        Command::Drain { node, deadline } => crate::ops::drain(&conn, node, deadline).await,
         Command::Node { config, insecure_control_plane } => {
             init_logging();
             let mut cfg = palisade_node::NodeConfig::load_with(&config, insecure_control_plane)?;

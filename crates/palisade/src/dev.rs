@@ -127,26 +127,97 @@ pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeCo
         // The WSS certificate (localhost, 127.0.0.1; server and client auth) doubles as
         // the node's control-plane identity; clients must chain to the dev CA.
         control: Some(ControlConfig { cert: files.wss_cert.clone(), key: files.wss_key.clone(), ca: files.ca.clone() }),
+        etcd: None,
         insecure_control_plane: false,
     }
 }
 
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    let fleet = start(&opts).await?;
+    print_banner(&opts, &fleet);
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("draining...");
+    fleet.shutdown().await;
+    Ok(())
+}
+
+/// A running dev fleet: nodes and the controller, in this process.
+pub struct DevFleet {
+    pub files: DevFiles,
+    pub nodes: Vec<NodeHandle>,
+    pub controller: palisade_controller::ControllerHandle,
+    pub token: String,
+}
+
+impl DevFleet {
+    /// Drains every node (sessions get 1001) and stops the controller.
+    pub async fn shutdown(self) {
+        futures_util::future::join_all(self.nodes.iter().map(|h| h.drain())).await;
+        for h in self.nodes {
+            h.join().await;
+        }
+        self.controller.stop();
+        self.controller.join().await;
+    }
+}
+
+pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
     if opts.nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
     }
-    if opts.etcd.is_some() {
-        anyhow::bail!("--etcd is not available in this build yet: the in-process registry is used without it");
-    }
     let files = ensure_files(&opts.dir)?;
     let _ = std::fs::remove_file(&files.endpoints);
-    let mut handles: Vec<NodeHandle> = Vec::new();
+    let bootstrap = palisade_policy::Policy::from_yaml_or_json(&std::fs::read_to_string(&files.policy)?)
+        .with_context(|| format!("{}", files.policy.display()))?;
+    bootstrap.compile(1).with_context(|| format!("{}", files.policy.display()))?;
+
+    // etcd, when given: the policy lives there (written once from the bootstrap file).
+    let etcd = match &opts.etcd {
+        Some(url) => {
+            let opts = etcd_client::ConnectOptions::new().with_connect_timeout(std::time::Duration::from_secs(3));
+            Some(etcd_client::Client::connect([url.as_str()], Some(opts)).await.with_context(|| format!("cannot reach etcd at {url}"))?)
+        }
+        None => None,
+    };
+    let store = match &etcd {
+        Some(c) => {
+            let store = palisade_controller::store::PolicyStore::etcd(c.clone(), CLUSTER);
+            match store.put(&bootstrap, 0).await {
+                Ok(_) | Err(palisade_controller::store::StoreError::Conflict { .. }) => {}
+                Err(e) => anyhow::bail!("cannot store the bootstrap policy in etcd: {e}"),
+            }
+            store
+        }
+        None => palisade_controller::store::PolicyStore::memory(Some((bootstrap, 1))),
+    };
+
+    let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 1..=opts.nodes {
-        let cfg = node_config(&files, &format!("dev-node-{i}"), opts.upstream.as_deref());
-        let node = Node::bind(cfg).await?;
-        handles.push(node.spawn().await);
+        let mut cfg = node_config(&files, &format!("dev-node-{i}"), opts.upstream.as_deref());
+        if let Some(url) = &opts.etcd {
+            cfg.etcd = Some(toml::from_str(&format!("endpoints = [{url:?}]\nlease_ttl_seconds = 10"))?);
+        }
+        nodes.push(Node::bind(cfg).await?.spawn().await);
     }
-    let nodes: Vec<serde_json::Value> = handles
+
+    // The controller: its server certificate and its client identity towards the nodes
+    // are the dev WSS certificate (localhost, 127.0.0.1; server and client auth).
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let node_tls = palisade_controller::directory::NodeTls {
+        cert_pem: read(&files.wss_cert)?,
+        key_pem: read(&files.wss_key)?,
+        ca_pem: read(&files.ca)?,
+    };
+    let directory = palisade_controller::directory::Directory::new(Some(node_tls), std::time::Duration::from_secs(5));
+    let controller = palisade_controller::Controller::new(CLUSTER.into(), directory, store, 64);
+    if etcd.is_none() {
+        controller.add_static(nodes.iter().map(record).collect());
+    }
+    let tls = palisade_node::control::ControlTls::load(&files.wss_cert, &files.wss_key, &files.ca)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let controller = controller.serve(listener, Some(tls), etcd).await;
+
+    let node_list: Vec<serde_json::Value> = nodes
         .iter()
         .map(|h| {
             serde_json::json!({
@@ -156,7 +227,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let endpoints = serde_json::json!({"controller": null, "nodes": nodes});
+    let endpoints = serde_json::json!({"controller": controller.addr.to_string(), "nodes": node_list});
     std::fs::write(&files.endpoints, serde_json::to_string_pretty(&endpoints)?)?;
 
     let token = crate::token::mint(&crate::token::MintArgs {
@@ -169,37 +240,68 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         iss: None,
         jti: None,
     })?;
-    print_banner(&opts, &files, &handles, &token);
-
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    eprintln!("draining...");
-    futures_util::future::join_all(handles.iter().map(|h| h.drain())).await;
-    for h in handles {
-        h.join().await;
-    }
-    Ok(())
+    Ok(DevFleet { files, nodes, controller, token })
 }
 
-fn print_banner(opts: &DevOptions, files: &DevFiles, handles: &[NodeHandle], token: &str) {
+const CLUSTER: &str = "dev";
+
+fn record(h: &NodeHandle) -> palisade_controller::directory::NodeRecord {
+    palisade_controller::directory::NodeRecord {
+        id: h.state.id.clone(),
+        wss: format!("wss://127.0.0.1:{}", h.wss_addr.port()),
+        control: h.control_addr.map(|a| a.to_string()).unwrap_or_default(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        labels: Default::default(),
+        started_unix_ms: h.state.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+fn print_banner(opts: &DevOptions, fleet: &DevFleet) {
+    let files = &fleet.files;
     let dir = opts.dir.display();
-    let first = handles.first().map(|h| h.wss_addr.port()).unwrap_or(0);
-    println!("Palisade dev fleet: {} node(s), files in {dir}", handles.len());
-    for h in handles {
-        println!("  node {:<12} wss://127.0.0.1:{}/echo", h.state.id, h.wss_addr.port());
+    let first = fleet.nodes.first().map(|h| h.wss_addr.port()).unwrap_or(0);
+    let registry = if opts.etcd.is_some() { "etcd" } else { "in-process registry" };
+    println!("Palisade dev fleet: {} node(s) and a controller ({registry}), files in {dir}", fleet.nodes.len());
+    for h in &fleet.nodes {
+        println!(
+            "  node {:<12} wss://127.0.0.1:{}/echo   control {}",
+            h.state.id,
+            h.wss_addr.port(),
+            h.control_addr.map(|a| a.to_string()).unwrap_or_default()
+        );
     }
-    if opts.upstream.is_some() {
-        println!("  route /app bridges to {}", opts.upstream.as_deref().unwrap_or_default());
+    if let Some(u) = &opts.upstream {
+        println!("  route /app bridges to {u}");
     }
+    println!("  controller        {}", fleet.controller.addr);
     println!();
     println!("Test token (sub=alice, 1 h):");
-    println!("{token}");
+    println!("{}", fleet.token);
     println!();
     println!("Try it:");
     println!(
         "  echo hello | SSL_CERT_FILE={ca} websocat -n1 'wss://127.0.0.1:{first}/echo' -H 'Authorization: Bearer {token}'",
-        ca = files.ca.display()
+        ca = files.ca.display(),
+        token = fleet.token
     );
     println!("  palisade token mint --key {} --kid dev --sub bob --ttl 15m", files.signing_key.display());
+    println!();
+    println!("Operator commands:");
+    println!(
+        "  export PALISADE_CONTROLLER={} PALISADE_CA={} PALISADE_CERT={} PALISADE_KEY={}",
+        fleet.controller.addr,
+        files.ca.display(),
+        files.operator_cert.display(),
+        files.operator_key.display()
+    );
+    println!("  palisade nodes; palisade stats; palisade connections --user alice; palisade disconnect --user alice");
+    println!(
+        "  grpcurl -cacert {} -cert {} -key {} {} list",
+        files.ca.display(),
+        files.operator_cert.display(),
+        files.operator_key.display(),
+        fleet.controller.addr
+    );
     println!();
     println!("Endpoints: {}", files.endpoints.display());
     println!("Ctrl-C drains and exits.");

@@ -2,4 +2,5 @@
 
 pub mod cli;
 pub mod dev;
+pub mod ops;
 pub mod token;

@@ -168,9 +168,12 @@ impl Verifier {
         self.keys.contains_key(kid)
     }
 
-    fn select_key(&self, kid: Option<&str>) -> Result<&Key, TokenError> {
+    /// The policy's JWKS URL is configured: unknown kids may be found in `extra`.
+    fn select_key<'a>(&'a self, kid: Option<&str>, extra: Option<&'a KeySet>) -> Result<&'a Key, TokenError> {
         match kid {
-            Some(kid) => self.keys.get(kid).map(Arc::as_ref).ok_or(TokenError::Invalid("unknown_kid")),
+            Some(kid) => {
+                self.keys.get(kid).or_else(|| extra.and_then(|e| e.get(kid))).map(Arc::as_ref).ok_or(TokenError::Invalid("unknown_kid"))
+            }
             None if self.keys.len() == 1 => Ok(self.keys.values().next().map(Arc::as_ref).ok_or(TokenError::Invalid("no_key"))?),
             None => Err(TokenError::Invalid("kid_required")),
         }
@@ -178,11 +181,17 @@ impl Verifier {
 
     /// Verifies a compact JWS at time `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        self.verify_with(token, now, None)
+    }
+
+    /// Verifies with the policy's keys and, for kids they lack, the keys of `extra`
+    /// (fetched from the JWKS URL).
+    pub fn verify_with(&self, token: &str, now: u64, extra: Option<&KeySet>) -> Result<Claims, TokenError> {
         if token.len() > 16 * 1024 || token.bytes().filter(|b| *b == b'.').count() != 2 {
             return Err(TokenError::Invalid("malformed"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed_header"))?;
-        let key = self.select_key(header.kid.as_deref())?;
+        let key = self.select_key(header.kid.as_deref(), extra)?;
         if header.alg != key.alg {
             // Pins the algorithm to the key: no `none`, no HS/RS confusion.
             return Err(TokenError::Invalid("alg_mismatch"));
@@ -239,6 +248,61 @@ impl Verifier {
         let claims_b64 = token.split('.').nth(1).unwrap_or_default().to_owned();
         Ok(Claims { sub, exp, iat, jti: c.jti, kid: header.kid, claims_b64 })
     }
+}
+
+/// Keys by kid (from a JWKS document).
+pub type KeySet = HashMap<String, Arc<Key>>;
+
+/// The `kid` a token names, if its header parses (to decide on a JWKS refetch).
+pub fn token_kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid)
+}
+
+/// Parses a JWKS document (RFC 7517) into keys. Only public keys of the algorithms we
+/// support are taken: a key needs a `kid` and an algorithm (its `alg`, or inferred from
+/// an EC curve, RSA, or Ed25519); symmetric (`oct`) keys are refused, since a JWKS is
+/// public. Returns the keys and how many entries were skipped.
+pub fn parse_jwks(json: &[u8]) -> Result<(KeySet, usize), String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = KeySet::new();
+    let mut skipped = 0;
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            skipped += 1;
+            continue;
+        };
+        let inferred = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => Some(Algorithm::ES256),
+                EllipticCurve::P384 => Some(Algorithm::ES384),
+                _ => None,
+            },
+            AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+            AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
+            _ => None,
+        };
+        let alg = match jwk.common.key_algorithm {
+            // The JWK's own `alg`, by name (HS*, RSA-OAEP and unknown names are refused).
+            Some(a) => serde_json::to_value(a).ok().and_then(|v| v.as_str().and_then(parse_alg)).filter(|a| !is_hmac(*a)),
+            None => inferred,
+        };
+        let (Some(alg), Some(_)) = (alg, inferred) else {
+            skipped += 1;
+            continue;
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(dk) => {
+                keys.insert(kid.clone(), Arc::new(Key::new(kid, alg, dk)));
+            }
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok((keys, skipped))
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 /// Parses an algorithm name of SPEC section 7.

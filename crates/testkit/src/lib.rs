@@ -2,6 +2,8 @@
 //! loopback ports, and real clients (rustls + tokio-tungstenite, and a raw HTTP/1.1
 //! client over TLS for malformed requests no WebSocket client would send).
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
@@ -196,13 +198,14 @@ pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
         drain_deadline_seconds: 2,
         refusal_lane: 64,
         control: None,
+        etcd: None,
         insecure_control_plane: false,
     }
 }
 
 /// A node on a free loopback port, with its PKI.
 pub struct TestNode {
-    pub pki: Pki,
+    pub pki: Arc<Pki>,
     pub handle: NodeHandle,
     pub addr: SocketAddr,
     pub tls: Arc<rustls::ClientConfig>,
@@ -216,9 +219,25 @@ impl TestNode {
 
     async fn start_inner(policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig, &Pki)) -> TestNode {
         init();
-        let pki = Pki::new();
+        Self::start_with_pki(Arc::new(Pki::new()), policy, tweak).await
+    }
+
+    /// Starts a node with a control plane whose certificates come from a shared `pki`
+    /// (several nodes and a controller under one CA).
+    pub async fn start_in(pki: Arc<Pki>, policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        init();
+        Self::start_with_pki(pki, policy, move |cfg, pki| {
+            cfg.listen.control = Some(([127, 0, 0, 1], 0).into());
+            cfg.control = Some(pki.control_config());
+            tweak(cfg);
+        })
+        .await
+    }
+
+    async fn start_with_pki(pki: Arc<Pki>, policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig, &Pki)) -> TestNode {
         let policy_file = policy.map(|p| {
-            let path = pki.dir.path().join("policy.yaml");
+            let path =
+                pki.dir.path().join(format!("policy-{}.yaml", rand_bytes::<4>().iter().map(|b| format!("{b:02x}")).collect::<String>()));
             std::fs::write(&path, p.to_yaml()).expect("write policy");
             path
         });

@@ -201,3 +201,26 @@ fn bad_keys_are_refused_with_the_field_named() {
     p.auth.keys = vec![];
     assert_eq!(p.compile(1).map(|_| ()).unwrap_err().field, "auth.keys");
 }
+
+#[test]
+fn jwks_documents_parse_public_keys_only() {
+    use jsonwebtoken::EncodingKey;
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    let ec = keypair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let mut ec_jwk =
+        Jwk::from_encoding_key(&EncodingKey::from_ec_pem(ec.private_pem.as_bytes()).expect("k"), jsonwebtoken::Algorithm::ES256)
+            .expect("jwk");
+    ec_jwk.common.key_id = Some("ec".into());
+    let mut no_kid = ec_jwk.clone();
+    no_kid.common.key_id = None;
+    let mut hmac = Jwk::from_encoding_key(&EncodingKey::from_secret(&[1u8; 32]), jsonwebtoken::Algorithm::HS256).expect("jwk");
+    hmac.common.key_id = Some("secret".into());
+    let doc = serde_json::to_vec(&JwkSet { keys: vec![ec_jwk, no_kid, hmac] }).expect("json");
+    let (keys, skipped) = parse_jwks(&doc).expect("parses");
+    assert_eq!((keys.len(), skipped), (1, 2), "the HMAC key and the key without kid are skipped");
+    let v = Verifier::new(vec![], None, vec![], 30, None, Revocations::default());
+    let t = sign(&ec, None, Some("ec"), &claims(json!({})));
+    assert_eq!(v.verify(&t, NOW), Err(TokenError::Invalid("unknown_kid")));
+    assert!(v.verify_with(&t, NOW, Some(&keys)).is_ok());
+    assert!(parse_jwks(b"{\"nope\":1}").is_err());
+}

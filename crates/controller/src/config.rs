@@ -1,0 +1,103 @@
+//! Controller configuration (TOML, `PALISADE_*` environment overrides).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// FleetControl listener (default port 9444).
+    pub listen: SocketAddr,
+    /// mTLS of the FleetControl server: its certificate and key, and the CA that operator
+    /// certificates must chain to.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The controller's client identity towards nodes and the CA their control
+    /// certificates chain to.
+    #[serde(default)]
+    pub nodes_tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+    /// How many nodes a fan-out talks to at once.
+    #[serde(default = "default_concurrency")]
+    pub push_concurrency: usize,
+    /// Per-node RPC timeout, milliseconds.
+    #[serde(default = "default_rpc_timeout")]
+    pub node_timeout_ms: u64,
+    /// Plain text (no mTLS) on both sides: only from `--insecure-control-plane`.
+    #[serde(skip)]
+    pub insecure: bool,
+}
+
+fn default_cluster() -> String {
+    "default".into()
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_rpc_timeout() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("invalid controller configuration: {0}")]
+    Invalid(String),
+}
+
+impl ControllerConfig {
+    pub fn load(path: &std::path::Path, insecure: bool) -> Result<ControllerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let mut cfg: ControllerConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.insecure = insecure;
+        if let Ok(v) = std::env::var("PALISADE_CLUSTER") {
+            cfg.cluster = v;
+        }
+        if let Ok(v) = std::env::var("PALISADE_ETCD_ENDPOINTS") {
+            cfg.etcd = Some(EtcdConfig { endpoints: v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect() });
+        }
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for t in [&mut cfg.tls, &mut cfg.nodes_tls].into_iter().flatten() {
+            for p in [&mut t.cert, &mut t.key, &mut t.ca] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.insecure && (self.tls.is_none() || self.nodes_tls.is_none()) {
+            return Err(ConfigError::Invalid("[tls] and [nodes_tls] are required (mTLS), unless --insecure-control-plane".into()));
+        }
+        if self.push_concurrency == 0 || self.push_concurrency > 10_000 {
+            return Err(ConfigError::Invalid("push_concurrency: must be 1 to 10000".into()));
+        }
+        if self.etcd.as_ref().is_some_and(|e| e.endpoints.is_empty()) {
+            return Err(ConfigError::Invalid("etcd.endpoints: at least one endpoint".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! The Palisade controller (SPEC section 6): discovers nodes in etcd (or an in-process
+//! list in dev mode), keeps mTLS clients to every node, stores the versioned policy in
+//! etcd with a compare on the version, fans operator actions out with bounded
+//! concurrency, and serves `palisade.controller.v1.FleetControl`.
+
+pub mod config;
+pub mod directory;
+pub mod service;
+pub mod store;
+
+pub use config::ControllerConfig;
+pub use service::{Controller, ControllerHandle};

@@ -1,0 +1,251 @@
+//! The clustered fleet end to end, across processes: a real etcd, three nodes that
+//! register in it, the controller as its own process, and every operator verb through
+//! the `palisade` CLI (tables and `--output json`, exit codes).
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt as _;
+use palisade_node::config::EtcdConfig;
+use palisade_testkit::etcd::Etcd;
+use palisade_testkit::{Message, Pki, TestKey, TestNode, close_code, next_data, policy};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+const ORIGIN: (&str, &str) = ("Origin", "https://app.example.com");
+
+struct Fleet {
+    _etcd: Etcd,
+    pki: Arc<Pki>,
+    nodes: Vec<TestNode>,
+    controller: tokio::process::Child,
+    env: Vec<(String, String)>,
+    key: TestKey,
+}
+
+async fn fleet(n: usize) -> Fleet {
+    palisade_testkit::init();
+    let etcd = Etcd::spawn().await;
+    let pki = Arc::new(Pki::new());
+    let key = TestKey::generate("k1", "ES256");
+    let p = policy(&[&key]);
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let endpoint = etcd.endpoint();
+        nodes.push(
+            TestNode::start_in(pki.clone(), Some(&p), move |cfg| {
+                let mut e = EtcdConfig::new(vec![endpoint]);
+                e.lease_ttl_seconds = 5;
+                cfg.etcd = Some(e);
+            })
+            .await,
+        );
+    }
+    // The controller process: server and node-client identity from the test CA.
+    let dir = pki.dir.path();
+    let ctl = pki.control_config();
+    let (ctl_cert, ctl_key) = (dir.join("controller.pem"), dir.join("controller-key.pem"));
+    std::fs::copy(&ctl.cert, &ctl_cert).expect("copy");
+    std::fs::copy(&ctl.key, &ctl_key).expect("copy");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let cfg = format!(
+        r#"cluster = "test"
+listen = "127.0.0.1:{port}"
+[tls]
+cert = "{c}"
+key = "{k}"
+ca = "{ca}"
+[nodes_tls]
+cert = "{c}"
+key = "{k}"
+ca = "{ca}"
+[etcd]
+endpoints = ["{e}"]
+"#,
+        c = ctl_cert.display(),
+        k = ctl_key.display(),
+        ca = pki.ca_path.display(),
+        e = etcd.endpoint()
+    );
+    std::fs::write(dir.join("controller.toml"), cfg).expect("write");
+    let controller = tokio::process::Command::new(BIN)
+        .args(["controller", "--config", dir.join("controller.toml").to_str().expect("p")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("controller");
+    let (op_cert, op_key) = pki.client_cert("operator");
+    std::fs::write(dir.join("operator.pem"), op_cert).expect("w");
+    std::fs::write(dir.join("operator-key.pem"), op_key).expect("w");
+    let env = vec![
+        ("PALISADE_CONTROLLER".to_string(), format!("127.0.0.1:{port}")),
+        ("PALISADE_CA".to_string(), pki.ca_path.display().to_string()),
+        ("PALISADE_CERT".to_string(), dir.join("operator.pem").display().to_string()),
+        ("PALISADE_KEY".to_string(), dir.join("operator-key.pem").display().to_string()),
+    ];
+    let f = Fleet { _etcd: etcd, pki, nodes, controller, env, key };
+    // Wait until the controller sees every node (discovered through etcd) as reachable.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, _) = f.cli(&["nodes", "-o", "json"]).await;
+        if code == 0
+            && let Ok(v) = serde_json::from_str::<Value>(&out)
+            && v.as_array().is_some_and(|a| a.len() == n && a.iter().all(|x| x["reachable"] == true))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the controller never saw {n} reachable nodes: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    f
+}
+
+impl Fleet {
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(BIN).args(args).envs(self.env.iter().cloned()).output().await.expect("run palisade");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let (code, out, err) = self.cli(&a).await;
+        assert_eq!(code, 0, "palisade {args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("palisade {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    async fn open(&self, node: usize, sub: &str) -> palisade_testkit::Ws {
+        let t = format!("Bearer {}", self.key.token_for(sub));
+        self.nodes[node].ws("/echo", &[ORIGIN, ("Authorization", &t)]).await.expect("open").0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_verbs_across_the_fleet() {
+    let f = fleet(3).await;
+    // Nodes appear in `palisade nodes` (table too).
+    let (code, table, _) = f.cli(&["nodes"]).await;
+    assert_eq!(code, 0);
+    for n in &f.nodes {
+        assert!(table.contains(&n.handle.state.id), "{table}");
+    }
+
+    let mut alices = Vec::new();
+    for i in 0..3 {
+        alices.push(f.open(i, "alice").await);
+    }
+    let mut bob = f.open(0, "bob").await;
+
+    // A policy applied through the CLI reaches every node.
+    let mut p2 = policy(&[&f.key]);
+    p2.origins.allow.push("https://new.example.org".into());
+    let file = f.pki.dir.path().join("p2.yaml");
+    std::fs::write(&file, p2.to_yaml()).expect("w");
+    let (code, diff, _) = f.cli(&["policy", "diff", "-f", file.to_str().expect("p")]).await;
+    assert_eq!(code, 0);
+    assert!(diff.contains("+  - https://new.example.org") || diff.contains("https://new.example.org"), "{diff}");
+    let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    let version = r["version"].as_u64().expect("version");
+    assert_eq!(r["nodes"].as_array().map(Vec::len), Some(3));
+    for n in &f.nodes {
+        assert_eq!(n.handle.state.policy.version(), version, "every node reports the new version");
+    }
+    let got = f.json(&["policy", "get"]).await;
+    assert_eq!(got["version"].as_u64(), Some(version));
+
+    // FindSubject / connections.
+    let conns = f.json(&["connections", "--user", "alice"]).await;
+    let list = conns["connections"].as_array().expect("list");
+    assert_eq!(list.len(), 3);
+    let mut on: Vec<&str> = list.iter().filter_map(|c| c["node"].as_str()).collect();
+    on.sort();
+    on.dedup();
+    assert_eq!(on.len(), 3, "one on every node");
+    let all = f.json(&["connections"]).await;
+    assert_eq!(all["connections"].as_array().map(Vec::len), Some(4));
+
+    // send --user reaches every session of the subject.
+    let r = f.json(&["send", "--user", "alice", "--data", r#"{"notice":"hello"}"#]).await;
+    assert_eq!(r["total"], 3);
+    for ws in &mut alices {
+        assert_eq!(next_data(ws).await, Some(Message::Text(r#"{"notice":"hello"}"#.into())));
+    }
+    // disconnect --user closes them on every node; bob stays.
+    let r = f.json(&["disconnect", "--user", "alice"]).await;
+    assert_eq!(r["total"], 3);
+    for ws in &mut alices {
+        assert_eq!(close_code(ws, Duration::from_secs(2)).await, Some(4003));
+    }
+    bob.send(Message::Text("still".into())).await.expect("send");
+    assert_eq!(next_data(&mut bob).await, Some(Message::Text("still".into())));
+
+    // revoke --user applies to live sessions too.
+    let r = f.json(&["revoke", "--user", "bob"]).await;
+    assert_eq!(r["converged"], true);
+    assert_eq!(close_code(&mut bob, Duration::from_secs(2)).await, Some(4003));
+
+    // Key rotation through the CLI.
+    let k2 = TestKey::generate("k2", "ES256");
+    let pem = f.pki.dir.path().join("k2.pem");
+    std::fs::write(&pem, k2.doc.public_key_pem.clone().expect("pem")).expect("w");
+    let r = f.json(&["keys", "add", "--kid", "k2", "--alg", "ES256", "--public-key", pem.to_str().expect("p")]).await;
+    assert_eq!(r["converged"], true);
+    let t2 = format!("Bearer {}", k2.token_for("carol"));
+    let t1 = format!("Bearer {}", f.key.token_for("carol"));
+    assert!(f.nodes[1].ws("/echo", &[ORIGIN, ("Authorization", &t2)]).await.is_ok());
+    let keys = f.json(&["keys", "list"]).await;
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2));
+    f.json(&["keys", "retire", "--kid", "k1"]).await;
+    let r = palisade_testkit::refused(f.nodes[2].ws("/echo", &[ORIGIN, ("Authorization", &t1)]).await);
+    assert_eq!(r.code, "token_invalid");
+
+    // Stats.
+    let s = f.json(&["stats"]).await;
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
+    assert!(s["totals"]["handshakes_accepted"].as_u64().unwrap_or(0) >= 5, "{s}");
+
+    // Errors: an invalid policy names the field and exits 1; a usage error exits 2.
+    let bad = f.pki.dir.path().join("bad.yaml");
+    let mut invalid = policy(&[&f.key]);
+    invalid.limits.per_ip.max_connections = 0;
+    std::fs::write(&bad, invalid.to_yaml()).expect("w");
+    let (code, _, err) = f.cli(&["policy", "apply", "-f", bad.to_str().expect("p")]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("limits.per_ip.max_connections"), "{err}");
+    let (code, _, _) = f.cli(&["disconnect"]).await;
+    assert_eq!(code, 2);
+
+    // Drain one node through the controller.
+    let id = f.nodes[2].handle.state.id.clone();
+    let r = f.json(&["drain", &id]).await;
+    assert_eq!(r["node"], id.as_str());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f.nodes[2].handle.state.is_draining() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_controller_leaves_every_node_serving() {
+    let mut f = fleet(2).await;
+    let mut a = f.open(0, "dora").await;
+    let mut b = f.open(1, "dora").await;
+    f.controller.kill().await.expect("kill controller");
+    let (code, _, err) = f.cli(&["nodes"]).await;
+    assert_eq!(code, 1, "the CLI says the controller is unreachable");
+    assert!(err.contains("cannot reach the controller"), "{err}");
+    for ws in [&mut a, &mut b] {
+        ws.send(Message::Text("alive".into())).await.expect("send");
+        assert_eq!(next_data(ws).await, Some(Message::Text("alive".into())));
+    }
+    // New clients are still admitted.
+    let _c = f.open(1, "erin").await;
+}
