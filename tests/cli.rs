@@ -198,3 +198,44 @@ async fn exit_codes() {
     let bad_cfg = Command::new(BIN).args(["node", "--config", "/nonexistent/node.toml"]).output().await.expect("run");
     assert_eq!(bad_cfg.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_fleet_on_a_real_etcd_when_given() {
+    let etcd = palisade_testkit::etcd::Etcd::spawn().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().join("fleet");
+    let mut dev = spawn(&["dev", "--dir", d.to_str().expect("p"), "--nodes", "2", "--etcd", &etcd.endpoint()], &[]);
+    let cmd = dev.wait_for("websocat").await;
+    let exports = dev.wait_for("export PALISADE_CONTROLLER").await;
+    let env: Vec<(String, String)> = exports
+        .trim()
+        .trim_start_matches("export ")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    assert_eq!(env.len(), 4, "{exports}");
+    // Both nodes registered in etcd, and the controller sees them through it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(BIN).args(["nodes", "-o", "json"]).envs(env.iter().cloned()).output().await.expect("nodes");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|n| n["reachable"] == true)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nodes never appeared: {}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(etcd.keys("/palisade/dev/nodes/").await.len(), 2);
+    // The policy lives in etcd; its version is the key's revision.
+    let (_, _, mod_rev) = etcd.get("/palisade/dev/policy").await.expect("policy in etcd");
+    let out = Command::new(BIN).args(["policy", "get", "-o", "json"]).envs(env.iter().cloned()).output().await.expect("get");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["version"].as_i64(), Some(mod_rev), "{v}");
+    // And the printed command echoes through a node.
+    let out = Command::new("bash").arg("-c").arg(cmd.trim()).output().await.expect("run websocat");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let status = dev.signal_and_wait("-INT").await;
+    assert!(status.success(), "{status}");
+    // Drained nodes deregistered.
+    assert!(etcd.keys("/palisade/dev/nodes/").await.is_empty());
+}

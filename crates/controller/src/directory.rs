@@ -9,26 +9,12 @@ use std::time::Duration;
 
 use palisade_proto::node::v1 as pb;
 use palisade_proto::node::v1::node_control_client::NodeControlClient;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// A node's registry record (`/palisade/<cluster>/nodes/<id>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: String,
-    #[serde(default)]
-    pub wss: String,
-    #[serde(default)]
-    pub control: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub started_unix_ms: u64,
-}
+/// A node's registry record (`/palisade/<cluster>/nodes/<id>`), as the node writes it.
+pub use palisade_node::cluster::NodeRecord;
 
 /// The controller's client identity and the CA of node certificates (None: plain text).
 #[derive(Debug, Clone)]

@@ -195,7 +195,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
     for i in 1..=opts.nodes {
         let mut cfg = node_config(&files, &format!("dev-node-{i}"), opts.upstream.as_deref());
         if let Some(url) = &opts.etcd {
-            cfg.etcd = Some(toml::from_str(&format!("endpoints = [{url:?}]\nlease_ttl_seconds = 10"))?);
+            cfg.etcd = Some(palisade_node::config::EtcdConfig::new(vec![url.clone()]));
         }
         nodes.push(Node::bind(cfg).await?.spawn().await);
     }
@@ -246,14 +246,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
 const CLUSTER: &str = "dev";
 
 fn record(h: &NodeHandle) -> palisade_controller::directory::NodeRecord {
-    palisade_controller::directory::NodeRecord {
-        id: h.state.id.clone(),
-        wss: format!("wss://127.0.0.1:{}", h.wss_addr.port()),
-        control: h.control_addr.map(|a| a.to_string()).unwrap_or_default(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        labels: Default::default(),
-        started_unix_ms: h.state.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-    }
+    palisade_node::cluster::NodeRecord::new(&h.state, h.wss_addr, h.control_addr)
 }
 
 fn print_banner(opts: &DevOptions, fleet: &DevFleet) {
