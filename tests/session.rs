@@ -341,3 +341,34 @@ async fn drain_closes_every_session_with_1001_and_no_reset() {
     // The drained node accepts nobody.
     assert!(node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_upstream_is_verified_against_its_ca_file() {
+    let key = TestKey::generate("k", "ES256");
+    let upstream_pki = palisade_testkit::Pki::new();
+    let up = UpstreamServer::start_tls(&upstream_pki).await;
+    let (url, ca) = (up.wss_url(), upstream_pki.ca_path.clone());
+    let other_ca = palisade_testkit::Pki::new();
+    let (url2, wrong_ca) = (up.wss_url(), other_ca.ca_path.clone());
+    let node = TestNode::start(Some(&policy(&[&key])), move |c| {
+        c.routes.push(route("/secure", |r| {
+            r.echo = false;
+            r.upstream = Some(url);
+            r.upstream_ca = Some(ca);
+        }));
+        c.routes.push(route("/mismatch", |r| {
+            r.echo = false;
+            r.upstream = Some(url2);
+            r.upstream_ca = Some(wrong_ca);
+        }));
+    })
+    .await;
+    let a = auth(&key.token(json!({"sub": "tls-user"})));
+    let (mut ws, _) = node.ws("/secure", &[ORIGIN, ("Authorization", &a)]).await.expect("bridged over TLS");
+    send(&mut ws, "secret").await;
+    assert_eq!(text(&mut ws).await, "up:secret");
+    assert_eq!(up.requests()[0].header("x-palisade-subject"), Some("tls-user"));
+    // An upstream certificate from another CA is refused: 502, not a bridge.
+    let r = palisade_testkit::refused(node.ws("/mismatch", &[ORIGIN, ("Authorization", &a)]).await);
+    assert_eq!((r.status, r.code.as_str()), (502, "upstream_unavailable"));
+}
