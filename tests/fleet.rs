@@ -170,6 +170,12 @@ async fn operator_verbs_across_the_fleet() {
     assert_eq!(on.len(), 3, "one on every node");
     let all = f.json(&["connections"]).await;
     assert_eq!(all["connections"].as_array().map(Vec::len), Some(4));
+    let node0 = f.nodes[0].handle.state.id.clone();
+    let on0 = f.json(&["connections", "--node", &node0]).await;
+    assert_eq!(on0["connections"].as_array().map(Vec::len), Some(2), "alice and bob on the first node");
+    let (code, table, _) = f.cli(&["connections", "--user", "alice"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(table.lines().filter(|l| l.contains("alice")).count(), 3, "{table}");
 
     // send --user reaches every session of the subject.
     let r = f.json(&["send", "--user", "alice", "--data", r#"{"notice":"hello"}"#]).await;

@@ -85,7 +85,7 @@ async fn expiry_warning_refresh_and_4001() {
     assert_eq!(text(&mut refreshed).await, r#"{"type":"auth_error","error":"token_invalid"}"#);
     // A valid refresh for the same subject.
     let new_exp = palisade_testkit::now() + 600;
-    send(&mut refreshed, &json!({"type": "auth", "token": key.token(json!({"exp": new_exp}))}).to_string()).await;
+    send(&mut refreshed, &json!({"type": "auth", "token": key.token(json!({"exp": new_exp, "jti": "refreshed-jti"}))}).to_string()).await;
     let ok: serde_json::Value = serde_json::from_str(&text(&mut refreshed).await).expect("json");
     assert_eq!(ok, json!({"type": "auth_ok", "exp": new_exp}));
 
@@ -97,6 +97,9 @@ async fn expiry_warning_refresh_and_4001() {
     assert!(palisade_testkit::now() > exp, "checked after the first token's expiry and grace");
     send(&mut refreshed, "after").await;
     assert_eq!(text(&mut refreshed).await, "after");
+    // The session is now found by its new token's jti.
+    let reg = &node.handle.state.registry;
+    assert_eq!(reg.list(&Selector::Session("refreshed-jti".into()), None, 10).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,4 +374,32 @@ async fn wss_upstream_is_verified_against_its_ca_file() {
     // An upstream certificate from another CA is refused: 502, not a bridge.
     let r = palisade_testkit::refused(node.ws("/mismatch", &[ORIGIN, ("Authorization", &a)]).await);
     assert_eq!((r.status, r.code.as_str()), (502, "upstream_unavailable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_messages_count_against_the_rate_and_limits_follow_pushes() {
+    let key = TestKey::generate("k", "ES256");
+    let mut p = policy(&[&key]);
+    p.limits.messages.per_second = 0.5;
+    p.limits.messages.burst = 3;
+    p.limits.messages.max_bytes = 1024;
+    let node = TestNode::start(Some(&p), |_| {}).await;
+    let a = auth(&key.token(json!({})));
+    // In-band pings are not free: a ping flood is a message flood.
+    let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("open");
+    for _ in 0..6 {
+        let _ = ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await;
+    }
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(4029));
+    // A push raising max_bytes applies to a session opened before it.
+    let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("open");
+    let mut p2 = p.clone();
+    p2.limits.messages.max_bytes = 4096;
+    node.handle.state.policy.apply(&p2, 2, false).expect("apply");
+    let big = "b".repeat(3000);
+    // One small message first, so the reader picks up the new limit before the big one.
+    send(&mut ws, "x").await;
+    assert_eq!(text(&mut ws).await, "x");
+    send(&mut ws, &big).await;
+    assert_eq!(text(&mut ws).await, big);
 }

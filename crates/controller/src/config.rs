@@ -10,7 +10,8 @@ use serde::Deserialize;
 pub struct ControllerConfig {
     #[serde(default = "default_cluster")]
     pub cluster: String,
-    /// FleetControl listener (default port 9444).
+    /// FleetControl listener (default 0.0.0.0:9444).
+    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// mTLS of the FleetControl server: its certificate and key, and the CA that operator
     /// certificates must chain to.
@@ -31,6 +32,10 @@ pub struct ControllerConfig {
     /// Plain text (no mTLS) on both sides: only from `--insecure-control-plane`.
     #[serde(skip)]
     pub insecure: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 9444).into()
 }
 
 fn default_cluster() -> String {

@@ -441,6 +441,7 @@ impl FleetControl for Service {
             t.bytes_in += s.bytes_in;
             t.bytes_out += s.bytes_out;
             t.buffered_bytes += s.buffered_bytes;
+            t.egress_alerts += s.egress_alerts;
             t.ready &= s.ready;
             t.draining |= s.draining;
         }

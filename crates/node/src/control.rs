@@ -167,6 +167,7 @@ pub fn stats(state: &NodeState) -> pb::Stats {
         draining: state.is_draining(),
         ready: state.is_ready(),
         uptime_seconds: state.started.elapsed().map_or(0, |d| d.as_secs()),
+        egress_alerts: c.egress_alerts.load(Ordering::Relaxed),
     }
 }
 

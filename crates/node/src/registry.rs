@@ -67,6 +67,13 @@ impl Registry {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(info.conn_id.clone(), Entry { info, tx });
     }
 
+    /// A refreshed session is found by its new token's `jti`.
+    pub fn set_session(&self, conn_id: &str, jti: Option<String>) {
+        if let Some(e) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get_mut(conn_id) {
+            e.info.jti = jti;
+        }
+    }
+
     pub fn remove(&self, conn_id: &str) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(conn_id);
     }

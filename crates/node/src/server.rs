@@ -254,7 +254,7 @@ async fn mint_ticket(
         return refuse(state, stream, attempt, Refusal::CredentialsMissing).await;
     };
     attempt.carrier = Some("header");
-    let claims = match policy.verifier.verify(token, handshake::unix_now()) {
+    let claims = match crate::jwks::verify(&state.jwks, policy, token, handshake::unix_now()).await {
         Ok(c) => c,
         Err(e) => {
             attempt.reason = Some(e.reason());

@@ -167,9 +167,8 @@ pub async fn run(
     let Registration { conn_id, counters, ctl_rx } = reg;
     let policy = acc.policy.clone();
     let ws = WebSocket::after_handshake(stream, Role::Server);
-    let (mut rd, wr) = ws.split(tokio::io::split);
+    let (rd, wr) = ws.split(tokio::io::split);
     let limits = policy.limits.messages;
-    rd.set_max_message_size(limits.max_bytes + 1);
 
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let outbox = Outbox {
@@ -187,7 +186,8 @@ pub async fn run(
         let ob = outbox.clone();
         move |o: Out| ob.control(o)
     };
-    let client_reader = tokio::spawn(reader(rd, in_tx, client_obligations, Some((last_seen.clone(), epoch)), limits.max_bytes));
+    let max_message = Arc::new(AtomicU64::new(limits.max_bytes as u64));
+    let client_reader = tokio::spawn(reader(rd, in_tx, client_obligations, Some((last_seen.clone(), epoch)), max_message.clone()));
     let client_writer = tokio::spawn(writer(wr, out_rx, Some(counters.clone()), outbox.discard.clone()));
 
     // The upstream: its own reader (events to the session loop, bounded) and writer
@@ -196,8 +196,7 @@ pub async fn run(
     if let Some(link) = upstream {
         let mut uws = WebSocket::after_handshake(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover), Role::Client);
         uws.set_auto_close(true);
-        let (mut urd, uwr) = uws.split(tokio::io::split);
-        urd.set_max_message_size(limits.max_buffered_bytes + 1);
+        let (urd, uwr) = uws.split(tokio::io::split);
         let (utx, urx) = mpsc::channel::<Out>(64);
         let (uin_tx, uin_rx) = mpsc::channel(8);
         let obligations = {
@@ -206,7 +205,7 @@ pub async fn run(
                 let _ = utx.try_send(o);
             }
         };
-        let ureader = tokio::spawn(reader(urd, uin_tx, obligations, None, limits.max_buffered_bytes));
+        let ureader = tokio::spawn(reader(urd, uin_tx, obligations, None, outbox.max.clone()));
         let uwriter = tokio::spawn(bounded_writer(uwr, urx));
         up = Some(UpSide { tx: utx, rx: uin_rx, reader: ureader, writer: uwriter });
     }
@@ -223,6 +222,8 @@ pub async fn run(
         schema_violations: 0,
         warned_for_exp: None,
         up_tx: up.as_ref().map(|u| u.tx.clone()),
+        max_message,
+        conn_id: conn_id.clone(),
     };
     let up_rx = up.as_mut().map(|u| std::mem::replace(&mut u.rx, mpsc::channel(1).1));
     let code = s.run_loop(in_rx, ctl_rx, up_rx).await;
@@ -303,6 +304,8 @@ struct Session {
     schema_violations: u32,
     warned_for_exp: Option<u64>,
     up_tx: Option<mpsc::Sender<Out>>,
+    max_message: Arc<AtomicU64>,
+    conn_id: String,
 }
 
 enum Flow {
@@ -484,6 +487,7 @@ impl Session {
             return close_with(close::REVOKED, "revoked");
         }
         self.outbox.max.store(p.limits.messages.max_buffered_bytes as u64, Ordering::Relaxed);
+        self.max_message.store(p.limits.messages.max_bytes as u64, Ordering::Relaxed);
         self.policy = p;
         Flow::Continue
     }
@@ -512,11 +516,12 @@ impl Session {
         if data.len() > self.policy.limits.messages.max_bytes {
             return close_with(close::TOO_BIG, "message too big");
         }
-        if !binary && let Some(ctl) = control_msg::parse(&data) {
-            return self.on_control(ctl).await;
-        }
+        // Control messages count too: a refresh costs a signature check.
         if !self.take_token() {
             return close_with(close::RATE_LIMITED, "message rate limit");
+        }
+        if !binary && let Some(ctl) = control_msg::parse(&data) {
+            return self.on_control(ctl).await;
         }
         if binary && !self.acc.route.allow_binary {
             return close_with(close::POLICY, "binary messages not allowed");
@@ -549,6 +554,10 @@ impl Session {
                 match crate::jwks::verify(&self.state.jwks, &policy, &token, unix_now()).await {
                     Ok(c) if c.sub == self.acc.claims.sub => {
                         let exp = c.exp;
+                        if c.jti != self.acc.claims.jti {
+                            // `disconnect --session` finds the session by its current token.
+                            self.state.registry.set_session(&self.conn_id, c.jti.clone());
+                        }
                         self.acc.claims = c;
                         control_msg::auth_ok(exp)
                     }
@@ -585,7 +594,7 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
     tx: mpsc::Sender<Inbound>,
     obligations: impl Fn(Out) + Clone,
     activity: Option<(Arc<AtomicU64>, Instant)>,
-    max: usize,
+    max: Arc<AtomicU64>,
 ) {
     let touch = |a: &Option<(Arc<AtomicU64>, Instant)>| {
         if let Some((ls, epoch)) = a {
@@ -608,6 +617,9 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
             }
             std::future::ready(Ok::<(), std::convert::Infallible>(()))
         };
+        // The limit follows policy pushes (a raised max_bytes helps live sessions too).
+        let limit = max.load(Ordering::Relaxed) as usize;
+        rd.set_max_message_size(limit + 1);
         let frame = match rd.read_frame(&mut send).await {
             Ok(f) => f,
             Err(WebSocketError::FrameTooLarge) => {
@@ -644,7 +656,7 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
             }
             (OpCode::Continuation, fin) if partial.is_some() => {
                 let Some((binary, mut buf)) = partial.take() else { continue };
-                if buf.len() + frame.payload.len() > max {
+                if buf.len() + frame.payload.len() > limit {
                     let _ = tx.send(Inbound::TooBig).await;
                     return;
                 }

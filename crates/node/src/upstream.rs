@@ -74,11 +74,22 @@ impl Target {
         let host = host.to_owned();
         let addr = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let tls = if secure {
-            let ca = ca_file.ok_or_else(|| UpstreamError::Url("a wss:// upstream needs upstream_ca (a CA file)".into()))?;
-            let certs = crate::tls::load_certs(ca).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            // The route's CA file when given (private upstreams), else the system's roots.
             let mut roots = rustls::RootCertStore::empty();
-            for c in certs {
-                roots.add(c).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            match ca_file {
+                Some(ca) => {
+                    for c in crate::tls::load_certs(ca).map_err(|e| UpstreamError::Tls(e.to_string()))? {
+                        roots.add(c).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+                    }
+                }
+                None => {
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(c);
+                    }
+                    if roots.is_empty() {
+                        return Err(UpstreamError::Url("a wss:// upstream needs upstream_ca: no system roots found".into()));
+                    }
+                }
             }
             let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -236,7 +247,6 @@ mod tests {
         assert_eq!((t.addr.as_str(), t.path.as_str(), t.host_header.as_str()), ("127.0.0.1:9000", "/socket?x=1", "127.0.0.1:9000"));
         let t = Target::parse("ws://example.com", None).expect("ok");
         assert_eq!((t.addr.as_str(), t.path.as_str()), ("example.com:80", "/"));
-        assert!(Target::parse("wss://example.com", None).is_err(), "wss needs a CA file");
         assert!(Target::parse("http://example.com", None).is_err());
         assert!(Target::parse("ws://user@example.com", None).is_err());
     }

@@ -75,7 +75,7 @@ pub enum Command {
         target: crate::ops::Target,
         #[arg(long)]
         node: Option<String>,
-        #[arg(long, default_value_t = 4003)]
+        #[arg(long, default_value_t = 4003, value_parser = clap::value_parser!(u32).range(4000..=4999))]
         code: u32,
         #[arg(long)]
         reason: Option<String>,

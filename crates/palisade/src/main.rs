@@ -3,7 +3,7 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    // One crypto provider for the whole process (see DEPENDENCIES.md).
+    // One crypto provider for the whole process: aws-lc-rs (two providers would panic).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // clap exits with 2 on usage errors.
     let cli = palisade::cli::Cli::parse();

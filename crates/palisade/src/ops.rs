@@ -246,7 +246,7 @@ fn stats_json(s: &npb::Stats) -> Value {
         "node": s.node_id, "policy_version": s.policy_version, "active_connections": s.active_connections,
         "handshakes_accepted": s.handshakes_accepted, "handshakes_refused": s.handshakes_refused,
         "messages_in": s.messages_in, "messages_out": s.messages_out, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
-        "buffered_bytes": s.buffered_bytes, "ready": s.ready, "draining": s.draining, "uptime_seconds": s.uptime_seconds,
+        "buffered_bytes": s.buffered_bytes, "egress_alerts": s.egress_alerts, "ready": s.ready, "draining": s.draining, "uptime_seconds": s.uptime_seconds,
     })
 }
 
@@ -326,13 +326,24 @@ fn row(s: &npb::Stats) -> Vec<String> {
 }
 
 pub async fn connections(c: &Conn, user: Option<String>, node: Option<String>) -> anyhow::Result<()> {
-    let selector = user.map(|u| npb::Selector { target: Some(npb::selector::Target::Subject(u)) });
-    let r = client(c)
-        .await?
-        .list_connections(pb::ListConnectionsRequest { selector, node_id: node.unwrap_or_default(), limit_per_node: 1000 })
-        .await
-        .map_err(rpc_err)?
-        .into_inner();
+    let mut client = client(c).await?;
+    // A subject across the whole fleet is FindSubject; anything else is ListConnections.
+    let (found, unreachable) = match (user, node) {
+        (Some(subject), None) => {
+            let r = client.find_subject(pb::FindSubjectRequest { subject }).await.map_err(rpc_err)?.into_inner();
+            (r.connections, r.unreachable_node_ids)
+        }
+        (user, node) => {
+            let selector = user.map(|u| npb::Selector { target: Some(npb::selector::Target::Subject(u)) });
+            let r = client
+                .list_connections(pb::ListConnectionsRequest { selector, node_id: node.unwrap_or_default(), limit_per_node: 1000 })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            (r.connections, r.unreachable_node_ids)
+        }
+    };
+    let r = pb::ListConnectionsResponse { connections: found, unreachable_node_ids: unreachable };
     let conns: Vec<(String, npb::Connection)> = r.connections.into_iter().filter_map(|sc| sc.connection.map(|c| (sc.node_id, c))).collect();
     let v = json!({"connections": conns.iter().map(|(n, c)| conn_json(n, c)).collect::<Vec<_>>(), "unreachable": r.unreachable_node_ids});
     print(c.output, &v, || {

@@ -119,9 +119,9 @@ impl Policy {
             return Err(err("auth.keys", "at least one key (or auth.jwks_url) is required"));
         }
         if let Some(url) = &a.jwks_url
-            && !(url.starts_with("https://") || url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost"))
+            && !jwks_url_allowed(url)
         {
-            return Err(err("auth.jwks_url", "must be an https:// URL (plain http only on loopback)"));
+            return Err(err("auth.jwks_url", "must be an https:// URL (plain http only to 127.0.0.1, [::1] or localhost)"));
         }
         let mut keys = Vec::with_capacity(a.keys.len());
         let mut kids = HashSet::new();
@@ -220,6 +220,28 @@ impl Policy {
     }
 }
 
+/// `https://host/...`, or plain `http://` to a loopback host only (the authority is
+/// compared whole, so `http://localhost.evil.example` is refused).
+fn jwks_url_allowed(url: &str) -> bool {
+    let (secure, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return false,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return false;
+    }
+    if secure {
+        return true;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { authority }),
+    };
+    matches!(host, "localhost" | "::1") || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)` to unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.as_bytes();
@@ -267,6 +289,29 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwks_urls() {
+        for ok in [
+            "https://auth.example.com/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/k",
+            "http://[::1]:9/k",
+            "http://127.1.2.3/k",
+        ] {
+            assert!(jwks_url_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.example/k",
+            "http://example.com/k",
+            "ftp://x/k",
+            "https://",
+            "http://user@127.0.0.1/k",
+            "http://127.0.0.1.nip.io/k",
+        ] {
+            assert!(!jwks_url_allowed(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn rfc3339() {
