@@ -48,13 +48,8 @@ fn default_rpc_timeout() -> u64 {
     5_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
+/// Certificate, key and CA files (the same shape as a node's `[control]`).
+pub type TlsFiles = palisade_node::config::ControlConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
