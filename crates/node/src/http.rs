@@ -37,7 +37,11 @@ impl ClientStream {
     /// Puts bytes read past the head back in front of the stream.
     pub fn unread(&mut self, rest: BytesMut) {
         debug_assert!(self.prefix.is_empty());
-        self.prefix = rest;
+        // An empty remainder still points into the head buffer: keeping it would pin that
+        // allocation for the session's whole life.
+        if !rest.is_empty() {
+            self.prefix = rest;
+        }
     }
     pub fn tcp(&self) -> &TcpStream {
         match &self.inner {
