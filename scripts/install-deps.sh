@@ -26,4 +26,5 @@ if [ ${#need_pip[@]} -gt 0 ]; then
   "$PY" -m pip install -q "${need_pip[@]}"
 fi
 command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+bash "$(dirname "${BASH_SOURCE[0]}")/install-autobahn.sh" # wstest for tests/autobahn.rs (Python 2.7 venv)
 echo "dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"

@@ -34,6 +34,12 @@ impl PolicyStore {
         self.current.load_full()
     }
 
+    /// Reads the current policy without taking a reference count (hot paths).
+    pub fn with<R>(&self, f: impl FnOnce(Option<&CompiledPolicy>) -> R) -> R {
+        let guard = self.current.load();
+        f(guard.as_deref())
+    }
+
     pub fn version(&self) -> u64 {
         *self.version.borrow()
     }

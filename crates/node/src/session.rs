@@ -26,6 +26,7 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
@@ -51,6 +52,8 @@ pub enum Inbound {
     Close(u16, String),
     TooBig,
     Invalid,
+    /// A text message that is not UTF-8 (1007).
+    InvalidUtf8,
 }
 
 pub enum Out {
@@ -186,8 +189,14 @@ pub async fn run(
         let ob = outbox.clone();
         move |o: Out| ob.control(o)
     };
-    let max_message = Arc::new(AtomicU64::new(limits.max_bytes as u64));
-    let client_reader = tokio::spawn(reader(rd, in_tx, client_obligations, Some((last_seen.clone(), epoch)), max_message.clone()));
+    // The message limit is read from the live policy before each frame, so a push that
+    // changes it applies from the next frame on.
+    let client_limit = {
+        let state = state.clone();
+        let fallback = limits.max_bytes;
+        move || state.policy.with(|p| p.map_or(fallback, |p| p.limits.messages.max_bytes))
+    };
+    let client_reader = tokio::spawn(reader(rd, in_tx, client_obligations, Some((last_seen.clone(), epoch)), client_limit));
     let client_writer = tokio::spawn(writer(wr, out_rx, Some(counters.clone()), outbox.discard.clone()));
 
     // The upstream: its own reader (events to the session loop, bounded) and writer
@@ -205,7 +214,11 @@ pub async fn run(
                 let _ = utx.try_send(o);
             }
         };
-        let ureader = tokio::spawn(reader(urd, uin_tx, obligations, None, outbox.max.clone()));
+        let upstream_limit = {
+            let max = outbox.max.clone();
+            move || max.load(Ordering::Relaxed) as usize
+        };
+        let ureader = tokio::spawn(reader(urd, uin_tx, obligations, None, upstream_limit));
         let uwriter = tokio::spawn(bounded_writer(uwr, urx));
         up = Some(UpSide { tx: utx, rx: uin_rx, reader: ureader, writer: uwriter });
     }
@@ -222,7 +235,6 @@ pub async fn run(
         schema_violations: 0,
         warned_for_exp: None,
         up_tx: up.as_ref().map(|u| u.tx.clone()),
-        max_message,
         conn_id: conn_id.clone(),
     };
     let up_rx = up.as_mut().map(|u| std::mem::replace(&mut u.rx, mpsc::channel(1).1));
@@ -304,7 +316,6 @@ struct Session {
     schema_violations: u32,
     warned_for_exp: Option<u64>,
     up_tx: Option<mpsc::Sender<Out>>,
-    max_message: Arc<AtomicU64>,
     conn_id: String,
 }
 
@@ -361,6 +372,7 @@ impl Session {
                     Some(Inbound::Message { binary, data }) => self.on_message(binary, data).await,
                     Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
                     Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
+                    Some(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
                     // The reader already answered the client's close; pass it upstream.
                     Some(Inbound::Close(code, reason)) => {
                         self.close_upstream(code, reason).await;
@@ -375,7 +387,7 @@ impl Session {
                     Some(Inbound::Message { binary, data }) => self.push(binary, data),
                     // An upstream close goes to the client with its code.
                     Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
-                    Some(Inbound::TooBig | Inbound::Invalid) | None => close_with(close::INTERNAL, "upstream failure"),
+                    Some(Inbound::TooBig | Inbound::Invalid | Inbound::InvalidUtf8) | None => close_with(close::INTERNAL, "upstream failure"),
                 },
                 cmd = ctl_rx.recv() => match cmd {
                     Some(Command::Close { code, reason }) => Flow::Close(code, reason),
@@ -487,7 +499,6 @@ impl Session {
             return close_with(close::REVOKED, "revoked");
         }
         self.outbox.max.store(p.limits.messages.max_buffered_bytes as u64, Ordering::Relaxed);
-        self.max_message.store(p.limits.messages.max_bytes as u64, Ordering::Relaxed);
         self.policy = p;
         Flow::Continue
     }
@@ -513,7 +524,8 @@ impl Session {
         node.bytes_in.fetch_add(n, Ordering::Relaxed);
         self.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         self.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
-        if data.len() > self.policy.limits.messages.max_bytes {
+        let max_bytes = self.state.policy.with(|p| p.map_or(self.policy.limits.messages.max_bytes, |p| p.limits.messages.max_bytes));
+        if data.len() > max_bytes {
             return close_with(close::TOO_BIG, "message too big");
         }
         // Control messages count too: a refresh costs a signature check.
@@ -594,14 +606,14 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
     tx: mpsc::Sender<Inbound>,
     obligations: impl Fn(Out) + Clone,
     activity: Option<(Arc<AtomicU64>, Instant)>,
-    max: Arc<AtomicU64>,
+    max: impl Fn() -> usize,
 ) {
     let touch = |a: &Option<(Arc<AtomicU64>, Instant)>| {
         if let Some((ls, epoch)) = a {
             ls.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     };
-    let mut partial: Option<(bool, bytes::BytesMut)> = None;
+    let mut partial: Option<Partial> = None;
     loop {
         let ob = obligations.clone();
         let act = activity.clone();
@@ -609,6 +621,8 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
             touch(&act);
             match f.opcode {
                 OpCode::Pong => ob(Out::Pong(payload_bytes(f.payload))),
+                // A control frame carries at most 125 bytes; a longer close is a protocol error.
+                OpCode::Close if f.payload.len() > 125 => ob(Out::Close { code: close::PROTOCOL_ERROR, reason: String::new() }),
                 OpCode::Close => {
                     let code = if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { close::NORMAL };
                     ob(Out::Close { code, reason: String::new() })
@@ -618,7 +632,7 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
             std::future::ready(Ok::<(), std::convert::Infallible>(()))
         };
         // The limit follows policy pushes (a raised max_bytes helps live sessions too).
-        let limit = max.load(Ordering::Relaxed) as usize;
+        let limit = max();
         rd.set_max_message_size(limit + 1);
         let frame = match rd.read_frame(&mut send).await {
             Ok(f) => f,
@@ -629,6 +643,10 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
             Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) | Err(WebSocketError::ConnectionClosed) => {
                 return;
             }
+            Err(WebSocketError::InvalidUTF8) => {
+                let _ = tx.send(Inbound::InvalidUtf8).await;
+                return;
+            }
             Err(_) => {
                 let _ = tx.send(Inbound::Invalid).await;
                 return;
@@ -636,6 +654,10 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
         };
         touch(&activity);
         let ev = match (frame.opcode, frame.fin) {
+            (OpCode::Close, _) if frame.payload.len() > 125 => {
+                let _ = tx.send(Inbound::Invalid).await;
+                return;
+            }
             (OpCode::Close, _) => {
                 let p = &frame.payload;
                 let (code, reason) = if p.len() >= 2 {
@@ -651,25 +673,32 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
                 Inbound::Message { binary: frame.opcode == OpCode::Binary, data: payload_bytes(frame.payload) }
             }
             (OpCode::Text | OpCode::Binary, false) if partial.is_none() => {
-                partial = Some((frame.opcode == OpCode::Binary, bytes::BytesMut::from(&frame.payload[..])));
+                let binary = frame.opcode == OpCode::Binary;
+                let mut p = Partial { binary, buf: bytes::BytesMut::from(&frame.payload[..]), valid_up_to: 0 };
+                if !binary && !p.utf8_so_far(false) {
+                    let _ = tx.send(Inbound::InvalidUtf8).await;
+                    return;
+                }
+                partial = Some(p);
                 continue;
             }
             (OpCode::Continuation, fin) if partial.is_some() => {
-                let Some((binary, mut buf)) = partial.take() else { continue };
-                if buf.len() + frame.payload.len() > limit {
+                let Some(mut p) = partial.take() else { continue };
+                if p.buf.len() + frame.payload.len() > limit {
                     let _ = tx.send(Inbound::TooBig).await;
                     return;
                 }
-                buf.extend_from_slice(&frame.payload);
-                if !fin {
-                    partial = Some((binary, buf));
-                    continue;
-                }
-                if !binary && std::str::from_utf8(&buf).is_err() {
-                    let _ = tx.send(Inbound::Invalid).await;
+                p.buf.extend_from_slice(&frame.payload);
+                // Text fails fast: at the first fragment that cannot be UTF-8.
+                if !p.binary && !p.utf8_so_far(fin) {
+                    let _ = tx.send(Inbound::InvalidUtf8).await;
                     return;
                 }
-                Inbound::Message { binary, data: buf.freeze() }
+                if !fin {
+                    partial = Some(p);
+                    continue;
+                }
+                Inbound::Message { binary: p.binary, data: p.buf.freeze() }
             }
             _ => {
                 let _ = tx.send(Inbound::Invalid).await;
@@ -678,6 +707,32 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
         };
         if tx.send(ev).await.is_err() {
             return;
+        }
+    }
+}
+
+/// A fragmented message being reassembled.
+struct Partial {
+    binary: bool,
+    buf: bytes::BytesMut,
+    /// Bytes already known to be UTF-8 (text), so each fragment is checked once.
+    valid_up_to: usize,
+}
+
+impl Partial {
+    /// Whether the text so far can still be UTF-8: only an incomplete sequence at the end
+    /// is allowed, and not at all once `fin`.
+    fn utf8_so_far(&mut self, fin: bool) -> bool {
+        match std::str::from_utf8(&self.buf[self.valid_up_to..]) {
+            Ok(_) => {
+                self.valid_up_to = self.buf.len();
+                true
+            }
+            Err(e) if e.error_len().is_none() && !fin => {
+                self.valid_up_to += e.valid_up_to();
+                true
+            }
+            Err(_) => false,
         }
     }
 }
