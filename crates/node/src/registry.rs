@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 /// An instruction to one session.
 #[derive(Debug, Clone)]
@@ -54,7 +53,7 @@ pub struct SessionInfo {
 
 struct Entry {
     info: SessionInfo,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: flume::Sender<Command>,
 }
 
 #[derive(Default)]
@@ -63,7 +62,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn insert(&self, info: SessionInfo, tx: mpsc::UnboundedSender<Command>) {
+    pub fn insert(&self, info: SessionInfo, tx: flume::Sender<Command>) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(info.conn_id.clone(), Entry { info, tx });
     }
 

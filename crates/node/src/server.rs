@@ -222,7 +222,9 @@ async fn upgrade(
     state.counters.handshakes_accepted.fetch_add(1, Ordering::Relaxed);
     attempt.emit(&state.id, true, 101, "ok");
     stream.unread(rest);
-    crate::session::run(state, stream, accepted, reg, link, open).await;
+    // The session gets a task of its own: this one was sized for the TLS handshake and
+    // the request head, which an idle session should not keep.
+    tokio::spawn(crate::session::run(state, stream, accepted, reg, link, open));
 }
 
 /// `POST /v1/tickets`: a bearer token (verified like a handshake token) buys a one-time

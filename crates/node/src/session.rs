@@ -15,7 +15,6 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::control_msg::{self, ControlMessage};
-use tokio::sync::mpsc;
 
 use crate::handshake::{Accepted, unix_now};
 use crate::http::ClientStream;
@@ -66,7 +65,7 @@ pub enum Out {
 /// The client's outgoing queue with its byte accounting.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Out>,
+    tx: flume::Sender<Out>,
     counters: Arc<ConnCounters>,
     node: Arc<NodeState>,
     max: Arc<AtomicU64>,
@@ -138,12 +137,12 @@ const UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Registration {
     pub conn_id: String,
     counters: Arc<ConnCounters>,
-    ctl_rx: mpsc::UnboundedReceiver<Command>,
+    ctl_rx: flume::Receiver<Command>,
 }
 
 pub fn register(state: &NodeState, acc: &Accepted, conn_id: String) -> Registration {
     let counters = Arc::new(ConnCounters::default());
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (ctl_tx, ctl_rx) = flume::unbounded();
     state.registry.insert(
         SessionInfo {
             conn_id: conn_id.clone(),
@@ -173,7 +172,7 @@ pub async fn run(
     let (rd, wr) = ws.split(tokio::io::split);
     let limits = policy.limits.messages;
 
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = flume::unbounded();
     let outbox = Outbox {
         tx: out_tx,
         counters: counters.clone(),
@@ -184,7 +183,7 @@ pub async fn run(
     };
     let last_seen = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
-    let (in_tx, in_rx) = mpsc::channel(8);
+    let (in_tx, in_rx) = flume::bounded(8);
     let client_obligations = {
         let ob = outbox.clone();
         move |o: Out| ob.control(o)
@@ -206,8 +205,8 @@ pub async fn run(
         let mut uws = WebSocket::after_handshake(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover), Role::Client);
         uws.set_auto_close(true);
         let (urd, uwr) = uws.split(tokio::io::split);
-        let (utx, urx) = mpsc::channel::<Out>(64);
-        let (uin_tx, uin_rx) = mpsc::channel(8);
+        let (utx, urx) = flume::bounded::<Out>(64);
+        let (uin_tx, uin_rx) = flume::bounded(8);
         let obligations = {
             let utx = utx.clone();
             move |o: Out| {
@@ -237,7 +236,7 @@ pub async fn run(
         up_tx: up.as_ref().map(|u| u.tx.clone()),
         conn_id: conn_id.clone(),
     };
-    let up_rx = up.as_mut().map(|u| std::mem::replace(&mut u.rx, mpsc::channel(1).1));
+    let up_rx = up.as_mut().map(|u| std::mem::replace(&mut u.rx, flume::bounded(1).1));
     let code = s.run_loop(in_rx, ctl_rx, up_rx).await;
     state.registry.remove(&conn_id);
     tracing::debug!(event = "session_closed", conn.id = %conn_id, code);
@@ -254,8 +253,8 @@ pub async fn run(
 }
 
 struct UpSide {
-    tx: mpsc::Sender<Out>,
-    rx: mpsc::Receiver<Inbound>,
+    tx: flume::Sender<Out>,
+    rx: flume::Receiver<Inbound>,
     reader: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -315,7 +314,7 @@ struct Session {
     last_refill: Instant,
     schema_violations: u32,
     warned_for_exp: Option<u64>,
-    up_tx: Option<mpsc::Sender<Out>>,
+    up_tx: Option<flume::Sender<Out>>,
     conn_id: String,
 }
 
@@ -328,9 +327,9 @@ fn close_with(code: u16, reason: &str) -> Flow {
     Flow::Close(code, reason.to_owned())
 }
 
-async fn recv_upstream(rx: &mut Option<mpsc::Receiver<Inbound>>) -> Option<Inbound> {
+async fn recv_upstream(rx: &mut Option<flume::Receiver<Inbound>>) -> Option<Inbound> {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv_async().await.ok(),
         None => std::future::pending().await,
     }
 }
@@ -344,9 +343,9 @@ impl Session {
 
     async fn run_loop(
         &mut self,
-        mut in_rx: mpsc::Receiver<Inbound>,
-        mut ctl_rx: mpsc::UnboundedReceiver<Command>,
-        mut up_rx: Option<mpsc::Receiver<Inbound>>,
+        in_rx: flume::Receiver<Inbound>,
+        ctl_rx: flume::Receiver<Command>,
+        mut up_rx: Option<flume::Receiver<Inbound>>,
     ) -> u16 {
         let mut policy_rx = self.state.policy.subscribe();
         let mut drain_rx = self.state.drain_tx.subscribe();
@@ -368,7 +367,7 @@ impl Session {
 
         let flow = loop {
             let flow = tokio::select! {
-                ev = in_rx.recv() => match ev {
+                ev = in_rx.recv_async() => match ev.ok() {
                     Some(Inbound::Message { binary, data }) => self.on_message(binary, data).await,
                     Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
                     Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
@@ -389,7 +388,7 @@ impl Session {
                     Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
                     Some(Inbound::TooBig | Inbound::Invalid | Inbound::InvalidUtf8) | None => close_with(close::INTERNAL, "upstream failure"),
                 },
-                cmd = ctl_rx.recv() => match cmd {
+                cmd = ctl_rx.recv_async() => match cmd.ok() {
                     Some(Command::Close { code, reason }) => Flow::Close(code, reason),
                     Some(Command::Send { payload, binary }) => self.push(binary, payload),
                     None => Flow::Continue,
@@ -464,7 +463,7 @@ impl Session {
     async fn close_upstream(&mut self, code: u16, reason: String) {
         if let Some(tx) = self.up_tx.take() {
             let code = if code == 1005 || code == 1006 { close::NORMAL } else { code };
-            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Out::Close { code, reason })).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send_async(Out::Close { code, reason })).await;
         }
     }
 
@@ -550,7 +549,7 @@ impl Session {
         }
         match &self.up_tx {
             None => self.push(binary, data),
-            Some(tx) => match tokio::time::timeout(UPSTREAM_SEND_TIMEOUT, tx.send(Out::Data { binary, data })).await {
+            Some(tx) => match tokio::time::timeout(UPSTREAM_SEND_TIMEOUT, tx.send_async(Out::Data { binary, data })).await {
                 Ok(Ok(())) => Flow::Continue,
                 _ => close_with(close::INTERNAL, "upstream failure"),
             },
@@ -603,7 +602,7 @@ fn payload_bytes(p: Payload<'_>) -> Bytes {
 /// bounded channel.
 async fn reader<S: tokio::io::AsyncRead + Unpin>(
     mut rd: fastwebsockets::WebSocketRead<S>,
-    tx: mpsc::Sender<Inbound>,
+    tx: flume::Sender<Inbound>,
     obligations: impl Fn(Out) + Clone,
     activity: Option<(Arc<AtomicU64>, Instant)>,
     max: impl Fn() -> usize,
@@ -637,25 +636,25 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
         let frame = match rd.read_frame(&mut send).await {
             Ok(f) => f,
             Err(WebSocketError::FrameTooLarge) => {
-                let _ = tx.send(Inbound::TooBig).await;
+                let _ = tx.send_async(Inbound::TooBig).await;
                 return;
             }
             Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) | Err(WebSocketError::ConnectionClosed) => {
                 return;
             }
             Err(WebSocketError::InvalidUTF8) => {
-                let _ = tx.send(Inbound::InvalidUtf8).await;
+                let _ = tx.send_async(Inbound::InvalidUtf8).await;
                 return;
             }
             Err(_) => {
-                let _ = tx.send(Inbound::Invalid).await;
+                let _ = tx.send_async(Inbound::Invalid).await;
                 return;
             }
         };
         touch(&activity);
         let ev = match (frame.opcode, frame.fin) {
             (OpCode::Close, _) if frame.payload.len() > 125 => {
-                let _ = tx.send(Inbound::Invalid).await;
+                let _ = tx.send_async(Inbound::Invalid).await;
                 return;
             }
             (OpCode::Close, _) => {
@@ -665,7 +664,7 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
                 } else {
                     (1005, String::new())
                 };
-                let _ = tx.send(Inbound::Close(code, reason)).await;
+                let _ = tx.send_async(Inbound::Close(code, reason)).await;
                 return;
             }
             (OpCode::Pong | OpCode::Ping, _) => continue,
@@ -676,7 +675,7 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
                 let binary = frame.opcode == OpCode::Binary;
                 let mut p = Partial { binary, buf: bytes::BytesMut::from(&frame.payload[..]), valid_up_to: 0 };
                 if !binary && !p.utf8_so_far(false) {
-                    let _ = tx.send(Inbound::InvalidUtf8).await;
+                    let _ = tx.send_async(Inbound::InvalidUtf8).await;
                     return;
                 }
                 partial = Some(p);
@@ -685,13 +684,13 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
             (OpCode::Continuation, fin) if partial.is_some() => {
                 let Some(mut p) = partial.take() else { continue };
                 if p.buf.len() + frame.payload.len() > limit {
-                    let _ = tx.send(Inbound::TooBig).await;
+                    let _ = tx.send_async(Inbound::TooBig).await;
                     return;
                 }
                 p.buf.extend_from_slice(&frame.payload);
                 // Text fails fast: at the first fragment that cannot be UTF-8.
                 if !p.binary && !p.utf8_so_far(fin) {
-                    let _ = tx.send(Inbound::InvalidUtf8).await;
+                    let _ = tx.send_async(Inbound::InvalidUtf8).await;
                     return;
                 }
                 if !fin {
@@ -701,11 +700,11 @@ async fn reader<S: tokio::io::AsyncRead + Unpin>(
                 Inbound::Message { binary: p.binary, data: p.buf.freeze() }
             }
             _ => {
-                let _ = tx.send(Inbound::Invalid).await;
+                let _ = tx.send_async(Inbound::Invalid).await;
                 return;
             }
         };
-        if tx.send(ev).await.is_err() {
+        if tx.send_async(ev).await.is_err() {
             return;
         }
     }
@@ -770,7 +769,7 @@ fn truncate_reason(r: &str) -> &str {
 /// The client writer: unbounded queue, bounded by the outbox's byte accounting.
 async fn writer<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: fastwebsockets::WebSocketWrite<W>,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    rx: flume::Receiver<Out>,
     counters: Option<Arc<ConnCounters>>,
     discard: Arc<AtomicBool>,
 ) {
@@ -779,14 +778,13 @@ async fn writer<W: tokio::io::AsyncWrite + Unpin>(
             c.buffered.fetch_sub(data.len() as u64, Ordering::AcqRel);
         }
     };
-    while let Some(item) = rx.recv().await {
+    while let Ok(item) = rx.recv_async().await {
         let skip = matches!(item, Out::Data { .. }) && discard.load(Ordering::Acquire);
         let res = if skip { Ok(false) } else { write_out(&mut wr, &item).await };
         release(&item);
         match res {
             Ok(true) => {
                 // Closed: drop what remains, releasing its accounting.
-                rx.close();
                 while let Ok(item) = rx.try_recv() {
                     release(&item);
                 }
@@ -802,8 +800,8 @@ async fn writer<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// The upstream writer: a bounded queue (the session waits for room).
-async fn bounded_writer<W: tokio::io::AsyncWrite + Unpin>(mut wr: fastwebsockets::WebSocketWrite<W>, mut rx: mpsc::Receiver<Out>) {
-    while let Some(item) = rx.recv().await {
+async fn bounded_writer<W: tokio::io::AsyncWrite + Unpin>(mut wr: fastwebsockets::WebSocketWrite<W>, rx: flume::Receiver<Out>) {
+    while let Ok(item) = rx.recv_async().await {
         match write_out(&mut wr, &item).await {
             Ok(true) | Err(_) => return,
             Ok(false) => {}
