@@ -469,3 +469,62 @@ async fn pipelined_first_frame_is_not_lost() {
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await.expect("echo").expect("read");
     assert_eq!(&b, &[0x81, 0x02, b'h', b'i']);
 }
+
+/// SPEC section 12: 5,000 stalled sockets (slowloris) do not stop 200 honest clients, and
+/// each stalled one is closed within the handshake timeout plus 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_stalled_sockets_do_not_stop_honest_clients() {
+    use tokio::io::AsyncReadExt;
+    const STALLED: usize = 5000;
+    const HONEST: usize = 200;
+    // Two descriptors per stalled socket live in this process (client and node side).
+    let limit = rlimit::increase_nofile_limit(20_000).expect("raise the open-file limit");
+    assert!(limit >= 2 * STALLED as u64 + 1000, "open-file limit {limit} is too low for this test");
+    let key = TestKey::generate("k", "ES256");
+    let mut p = policy(&[&key]);
+    p.limits.handshake_timeout_ms = 3000;
+    p.limits.per_ip.max_connections = 20_000;
+    p.limits.max_connections = 20_000;
+    let node = std::sync::Arc::new(TestNode::start(Some(&p), |_| {}).await);
+    // Open the stalled sockets (they never send a byte), spread over a few source addresses.
+    let mut stalled = Vec::with_capacity(STALLED);
+    for i in 0..STALLED {
+        let src = std::net::IpAddr::from([127, 0, 1, (i % 8) as u8 + 1]);
+        stalled.push((palisade_testkit::connect_from(node.addr, Some(src)).await, tokio::time::Instant::now()));
+    }
+    // Honest clients, 20 at a time, while the stalled sockets are held.
+    let token = bearer(&key.token(json!({})));
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(20));
+    let mut honest = tokio::task::JoinSet::new();
+    for i in 0..HONEST {
+        let (node, token, sem) = (node.clone(), token.clone(), sem.clone());
+        honest.spawn(async move {
+            let _permit = sem.acquire().await.expect("permit");
+            let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &token)]).await.expect("an honest client connects");
+            echo_once(&mut ws, &format!("honest {i}")).await;
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = honest.join_next().await {
+        r.expect("honest client");
+        ok += 1;
+    }
+    assert_eq!(ok, HONEST);
+    // Every stalled socket is closed by the node within the deadline + 1 s of its connect.
+    let mut closers = tokio::task::JoinSet::new();
+    for (mut s, opened) in stalled {
+        closers.spawn(async move {
+            let mut b = [0u8; 16];
+            let limit = opened + Duration::from_millis(3000 + 1000);
+            let r = tokio::time::timeout_at(limit, s.read(&mut b)).await;
+            matches!(r, Ok(Ok(0)) | Ok(Err(_)))
+        });
+    }
+    let mut closed = 0;
+    while let Some(r) = closers.join_next().await {
+        if r.expect("join") {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, STALLED, "stalled sockets closed within handshake_timeout + 1 s");
+}
