@@ -230,10 +230,9 @@ async fn etcd_outage_disconnects_nobody_and_the_node_registers_again() {
     let cluster = node.handle.state.etcd.clone().expect("etcd configured");
     let mut registered = cluster.registered();
     tokio::time::timeout(Duration::from_secs(10), registered.wait_for(|r| !*r)).await.expect("the node notices").expect("watch");
-    // SPEC section 12 asks for a 30 s outage; a few seconds (longer than the lease TTL)
-    // exercises the same code paths (keep-alive lost, retries with a capped backoff) and
-    // keeps the suite fast. The session is used all along and a new one is accepted.
-    let outage = Instant::now() + Duration::from_secs(5);
+    // SPEC section 12: a 30 s outage, ten times the lease TTL. The session is used all
+    // along and a new one is accepted.
+    let outage = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
     while Instant::now() < outage {
         echo_once(&mut ws, &format!("during the outage {i}")).await;
