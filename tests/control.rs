@@ -114,6 +114,27 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
         .expect("list")
         .into_inner();
     assert_eq!(anns.connections.len(), 2);
+    // By client address and by connection id.
+    let from_lo = c
+        .list_connections(pb::ListConnectionsRequest {
+            selector: sel(pb::selector::Target::ClientAddress("127.0.0.1".into())),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(from_lo.connections.len(), 4);
+    let e = c
+        .list_connections(pb::ListConnectionsRequest {
+            selector: sel(pb::selector::Target::ClientAddress("not-an-ip".into())),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("bad address");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
     assert!(anns.connections.iter().all(|x| x.subject == "ann" && x.session == "ann-jti" && x.client_address == "127.0.0.1"));
 
     // Send to a subject.
@@ -126,6 +147,22 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
     for ws in [&mut a1, &mut a2] {
         assert_eq!(next_data(ws).await, Some(Message::Text("{\"n\":1}".into())));
     }
+    // By connection id: exactly one of the two gets it.
+    let one = anns.connections[0].conn_id.clone();
+    let r = c
+        .send(pb::SendRequest { selector: sel(pb::selector::Target::ConnId(one)), payload: b"just you".to_vec(), binary: false })
+        .await
+        .expect("send")
+        .into_inner();
+    assert_eq!(r.delivered, 1);
+    let mut got = 0;
+    for ws in [&mut a1, &mut a2] {
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), next_data(ws)).await {
+            assert_eq!(m, Message::Text("just you".into()));
+            got += 1;
+        }
+    }
+    assert_eq!(got, 1);
     // Disconnect by session with a chosen code; by subject with the default 4003.
     let r = c
         .disconnect(pb::DisconnectRequest {

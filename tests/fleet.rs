@@ -212,10 +212,17 @@ async fn operator_verbs_across_the_fleet() {
     let r = palisade_testkit::refused(f.nodes[2].ws("/echo", &[ORIGIN, ("Authorization", &t1)]).await);
     assert_eq!(r.code, "token_invalid");
 
-    // Stats.
-    let s = f.json(&["stats"]).await;
-    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
-    assert!(s["totals"]["handshakes_accepted"].as_u64().unwrap_or(0) >= 5, "{s}");
+    // Stats, aggregated from the nodes' WatchStats streams (one value a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = f.json(&["stats"]).await;
+        assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
+        if s["totals"]["handshakes_accepted"].as_u64().unwrap_or(0) >= 5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "fleet totals never caught up: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Errors: an invalid policy names the field and exits 1; a usage error exits 2.
     let bad = f.pki.dir.path().join("bad.yaml");

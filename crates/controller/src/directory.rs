@@ -27,14 +27,17 @@ pub struct NodeTls {
 pub struct NodeEntry {
     pub record: NodeRecord,
     pub client: NodeControlClient<Channel>,
-    pub stats: Mutex<Option<pb::Stats>>,
+    /// The latest `WatchStats` value and when it arrived.
+    pub stats: Mutex<Option<(pb::Stats, std::time::Instant)>>,
     pub reachable: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
 impl NodeEntry {
-    pub fn latest_stats(&self) -> Option<pb::Stats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The latest `WatchStats` value, if it is at most `max_age` old.
+    pub fn latest_stats(&self, max_age: Duration) -> Option<pb::Stats> {
+        let cur = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        cur.as_ref().filter(|(_, at)| at.elapsed() <= max_age).map(|(s, _)| s.clone())
     }
 }
 
@@ -174,7 +177,7 @@ fn spawn_stats_watch(entry: std::sync::Weak<NodeEntry>, mut stop: watch::Receive
                     let Some(Ok(stats)) = item else { break };
                     let Some(e) = entry.upgrade() else { return };
                     e.reachable.store(true, Ordering::Relaxed);
-                    *e.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+                    *e.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((stats, std::time::Instant::now()));
                 }
             }
             if let Some(e) = entry.upgrade() {

@@ -21,6 +21,9 @@ use crate::config::ControllerConfig;
 use crate::directory::{Directory, NodeEntry, NodeRecord, NodeTls};
 use crate::store::{PolicyStore, StoreError};
 
+/// How old a node's streamed statistics may be before GetFleetStats asks the node itself.
+const STATS_MAX_AGE: Duration = Duration::from_secs(3);
+
 pub struct Controller {
     pub cluster: String,
     pub directory: Arc<Directory>,
@@ -409,10 +412,11 @@ impl FleetControl for Service {
         let results = self
             .c
             .fan_out(self.c.directory.snapshot(), |n| async move {
-                // Fresh numbers; the last WatchStats value when the node cannot answer now.
-                match n.client.clone().get_stats(npb::GetStatsRequest {}).await {
-                    Ok(r) => Ok(r.into_inner()),
-                    Err(e) => Err(e),
+                // Aggregated from each node's WatchStats stream (one value a second); a node
+                // whose stream has no recent value is asked once.
+                match n.latest_stats(STATS_MAX_AGE) {
+                    Some(s) => Ok(s),
+                    None => Ok(n.client.clone().get_stats(npb::GetStatsRequest {}).await?.into_inner()),
                 }
             })
             .await;
