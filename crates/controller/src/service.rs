@@ -195,6 +195,7 @@ impl Controller {
         let (mut doc, version) =
             self.store.get().await.map_err(store_status)?.ok_or_else(|| Status::failed_precondition("no policy yet: apply one first"))?;
         f(&mut doc)?;
+        prune_expired(&mut doc, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         self.apply(doc, Some(version), false).await
     }
 
@@ -272,6 +273,12 @@ impl Controller {
 enum NodeOp {
     Disconnect { code: u32, reason: String },
     Send { payload: Vec<u8>, binary: bool },
+}
+
+/// Drops revocations whose `expires` has passed: the tokens they target have expired, so
+/// the entry protects nothing and only makes every node's policy larger.
+pub fn prune_expired(doc: &mut Policy, now: u64) {
+    doc.revocations.retain(|r| r.expires.as_deref().and_then(palisade_policy::parse_rfc3339).is_none_or(|t| t > now));
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -474,5 +481,26 @@ impl FleetControl for Service {
         palisade_node::control::selector(r.selector.clone())?;
         let (connections, unreachable_node_ids) = self.c.connections(&r.node_id, r.selector, r.limit_per_node).await?;
         Ok(Response::new(pb::ListConnectionsResponse { connections, unreachable_node_ids }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_revocations_are_pruned() {
+        let mut doc = Policy::from_yaml_or_json(
+            r#"
+revocations:
+  - { sub: "kept-forever" }
+  - { jti: "old", expires: "2020-01-01T00:00:00Z" }
+  - { jti: "future", expires: "2099-01-01T00:00:00Z" }
+"#,
+        )
+        .expect("yaml");
+        prune_expired(&mut doc, 1_800_000_000);
+        let left: Vec<String> = doc.revocations.iter().map(|r| r.sub.clone().or(r.jti.clone()).unwrap_or_default()).collect();
+        assert_eq!(left, vec!["kept-forever".to_string(), "future".to_string()]);
     }
 }

@@ -15,7 +15,7 @@ pub mod mint;
 pub mod model;
 pub mod origin;
 
-pub use compile::{CompiledPolicy, Limits, MessageLimits, RateSpec};
+pub use compile::{CompiledPolicy, Limits, MessageLimits, RateSpec, parse_rfc3339};
 pub use error::PolicyError;
 pub use jwt::{Claims, TokenError, Verifier};
 pub use model::Policy;
