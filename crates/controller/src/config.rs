@@ -55,6 +55,21 @@ pub type TlsFiles = palisade_node::config::ControlConfig;
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
+    /// Deadline of each etcd request, milliseconds.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_ms: u64,
+    /// CA file for `https://` endpoints.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for etcd's client-certificate authentication.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_etcd_timeout() -> u64 {
+    5_000
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +89,20 @@ impl ControllerConfig {
             cfg.cluster = v;
         }
         if let Ok(v) = std::env::var("PALISADE_ETCD_ENDPOINTS") {
-            cfg.etcd = Some(EtcdConfig { endpoints: v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect() });
+            let endpoints = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            match &mut cfg.etcd {
+                Some(e) => e.endpoints = endpoints,
+                None => cfg.etcd = Some(EtcdConfig { endpoints, timeout_ms: default_etcd_timeout(), ca: None, cert: None, key: None }),
+            }
         }
         let base = path.parent().unwrap_or(std::path::Path::new("."));
+        if let Some(e) = &mut cfg.etcd {
+            for p in [&mut e.ca, &mut e.cert, &mut e.key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         for t in [&mut cfg.tls, &mut cfg.nodes_tls].into_iter().flatten() {
             for p in [&mut t.cert, &mut t.key, &mut t.ca] {
                 if p.is_relative() {

@@ -71,8 +71,13 @@ impl Controller {
         let dir = Directory::new(nodes_tls, Duration::from_millis(cfg.node_timeout_ms));
         let (store, etcd) = match &cfg.etcd {
             Some(e) => {
-                let opts =
-                    etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(5));
+                let opts = palisade_node::cluster::connect_options(
+                    Duration::from_millis(e.timeout_ms),
+                    e.ca.as_deref(),
+                    e.cert.as_deref(),
+                    e.key.as_deref(),
+                )
+                .map_err(|e| e.to_string())?;
                 let client = etcd_client::Client::connect(&e.endpoints, Some(opts)).await.map_err(|e| format!("etcd: {e}"))?;
                 (PolicyStore::etcd(client.clone(), &cfg.cluster), Some(client))
             }

@@ -120,27 +120,39 @@ pub struct Etcd {
     registered: watch::Sender<bool>,
 }
 
+/// etcd client options: timeouts, keep-alive, and TLS when a CA or a client certificate is
+/// given (shared by nodes and the controller).
+pub fn connect_options(
+    timeout: Duration,
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<ConnectOptions, ClusterError> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|source| ClusterError::TlsFile { path: p.display().to_string(), source });
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        // A half-open connection (a dead peer, a partition) is noticed within ~15 s even
+        // on the long-lived watch and keep-alive streams. etcd refuses pings more often
+        // than every 5 s.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if ca.is_some() || cert.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (cert, key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
 impl Etcd {
     /// Prepares the connection (reads the TLS files); nothing is sent until first use.
     pub fn new(cfg: &EtcdConfig, cluster: &str, node_id: &str) -> Result<Etcd, ClusterError> {
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|source| ClusterError::TlsFile { path: p.display().to_string(), source });
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(cfg.timeout())
-            .with_timeout(cfg.timeout())
-            // A half-open connection (a dead peer, a partition) is noticed within ~15 s even
-            // on the long-lived watch and keep-alive streams. etcd refuses pings more
-            // often than every 5 s.
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if cfg.ca.is_some() || cfg.cert.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &cfg.ca {
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-            }
-            if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
-                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-            }
-            options = options.with_tls(tls);
-        }
+        let options = connect_options(cfg.timeout(), cfg.ca.as_deref(), cfg.cert.as_deref(), cfg.key.as_deref())?;
         Ok(Etcd {
             cfg: cfg.clone(),
             options,
