@@ -73,23 +73,8 @@ async fn node_logs_never_contain_tokens() {
     let dir = pki.dir.path();
     std::fs::write(dir.join("policy.yaml"), policy(&[&key]).to_yaml()).expect("policy");
     let port = free_port();
-    std::fs::write(
-        dir.join("node.toml"),
-        format!(
-            r#"id = "log-node"
-drain_deadline_seconds = 1
-[listen]
-wss = "127.0.0.1:{port}"
-[tls]
-cert = "wss.pem"
-key = "wss-key.pem"
-[[routes]]
-path = "/echo"
-echo = true
-"#
-        ),
-    )
-    .expect("config");
+    std::fs::write(dir.join("node.toml"), palisade_testkit::node_toml(port, "id = \"log-node\"\ndrain_deadline_seconds = 1", ""))
+        .expect("config");
     std::fs::write(dir.join("policy.yaml"), policy(&[&key]).to_yaml()).expect("policy");
     let cfg = dir.join("node.toml");
     let mut node = spawn(

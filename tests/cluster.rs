@@ -166,26 +166,10 @@ async fn killed_node_leaves_the_registry_within_its_lease_ttl() {
     std::fs::write(dir.join("policy.yaml"), policy(&[&key]).to_yaml()).expect("policy");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     const TTL: u64 = 3;
+    let tail = format!("[etcd]\nendpoints = [\"{}\"]\nlease_ttl_seconds = {TTL}\n", etcd.endpoint());
     std::fs::write(
         dir.join("node.toml"),
-        format!(
-            r#"id = "doomed"
-cluster = "kill"
-policy_file = "policy.yaml"
-[listen]
-wss = "127.0.0.1:{port}"
-[tls]
-cert = "wss.pem"
-key = "wss-key.pem"
-[[routes]]
-path = "/echo"
-echo = true
-[etcd]
-endpoints = ["{}"]
-lease_ttl_seconds = {TTL}
-"#,
-            etcd.endpoint()
-        ),
+        palisade_testkit::node_toml(port, "id = \"doomed\"\ncluster = \"kill\"\npolicy_file = \"policy.yaml\"", &tail),
     )
     .expect("config");
     let mut child = Command::new(BIN)

@@ -388,6 +388,11 @@ async fn tickets_are_single_use_and_origin_bound() {
     // Minting needs a valid token.
     let r = node.raw(b"POST /v1/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
     assert_eq!((r.status, r.code().as_str()), (401, "credentials_missing"));
+    let two = format!(
+        "POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let r = node.raw(two.as_bytes()).await;
+    assert_eq!((r.status, r.code().as_str()), (400, "ambiguous_credentials"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

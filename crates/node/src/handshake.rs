@@ -192,15 +192,10 @@ async fn verify(
                 return Err(Refusal::TicketInvalid);
             }
             let c = rec.claims;
-            if c.exp.saturating_add(policy.verifier_leeway()) <= now {
-                attempt.reason = Some("expired");
-                Err(Refusal::TokenExpired)
-            } else if policy.verifier.revocations.is_revoked(&c.sub, c.jti.as_deref(), c.iat) {
-                attempt.reason = Some("revoked");
-                Err(Refusal::TokenRevoked)
-            } else {
-                Ok(c)
-            }
+            policy.verifier.still_valid(&c, now).map(|()| c).map_err(|e| {
+                attempt.reason = Some(e.reason());
+                Refusal::from(e)
+            })
         }
     };
     if let Ok(c) = &result {
@@ -219,16 +214,6 @@ fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => s[..i].to_owned(),
         None => s.to_owned(),
-    }
-}
-
-/// The verifier's leeway, for tickets (their claims were verified at minting).
-trait Leeway {
-    fn verifier_leeway(&self) -> u64;
-}
-impl Leeway for CompiledPolicy {
-    fn verifier_leeway(&self) -> u64 {
-        self.document.auth.leeway_seconds
     }
 }
 

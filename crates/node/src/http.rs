@@ -51,6 +51,21 @@ impl ClientStream {
     }
 }
 
+/// Serves bytes read ahead of a codec (`prefix`) before the stream itself; returns whether
+/// it did. An emptied prefix gives its buffer back.
+pub(crate) fn read_prefix(prefix: &mut BytesMut, buf: &mut ReadBuf<'_>) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix[..n]);
+    prefix.advance(n);
+    if prefix.is_empty() {
+        *prefix = BytesMut::new();
+    }
+    true
+}
+
 impl Drop for ClientStream {
     /// Ends TLS properly: queue `close_notify` and write it without blocking (a socket
     /// that has room for it, which is the normal case after a close handshake). Without
@@ -83,13 +98,7 @@ impl io::Write for TryWrite<'_> {
 
 impl AsyncRead for ClientStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                self.prefix = BytesMut::new(); // release the head buffer
-            }
+        if read_prefix(&mut self.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         match &mut self.inner {

@@ -247,16 +247,16 @@ async fn mint_ticket(
         attempt.reason = Some("tickets_disabled");
         return refuse(state, stream, attempt, Refusal::NotFound).await;
     }
-    let bearer: Vec<&str> = head.all("authorization").collect();
-    let token = match bearer.as_slice() {
-        [one] => one.trim().get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| one.trim()[7..].trim()),
-        _ => None,
-    };
-    let Some(token) = token else {
-        return refuse(state, stream, attempt, Refusal::CredentialsMissing).await;
+    // Exactly one `Authorization: Bearer`, parsed like a handshake's header carrier.
+    use palisade_policy::credentials::{self, CarrierInputs, Credential, Extracted};
+    let inputs = CarrierInputs { authorization: head.all("authorization").collect(), ..Default::default() };
+    let token = match credentials::extract(&inputs, &[palisade_policy::model::Carrier::Header]) {
+        Extracted::One(Credential::Jwt { token, .. }) => token,
+        Extracted::Ambiguous => return refuse(state, stream, attempt, Refusal::AmbiguousCredentials).await,
+        _ => return refuse(state, stream, attempt, Refusal::CredentialsMissing).await,
     };
     attempt.carrier = Some("header");
-    let claims = match crate::jwks::verify(&state.jwks, policy, token, handshake::unix_now()).await {
+    let claims = match crate::jwks::verify(&state.jwks, policy, &token, handshake::unix_now()).await {
         Ok(c) => c,
         Err(e) => {
             attempt.reason = Some(e.reason());

@@ -277,10 +277,7 @@ impl tokio::io::AsyncRead for PrefixedUpstream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            bytes::Buf::advance(&mut self.prefix, n);
+        if crate::http::read_prefix(&mut self.prefix, buf) {
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -179,6 +179,18 @@ impl Verifier {
         }
     }
 
+    /// Re-checks claims verified earlier (a ticket's): not expired (with leeway) and not
+    /// revoked under the current policy.
+    pub fn still_valid(&self, c: &Claims, now: u64) -> Result<(), TokenError> {
+        if c.exp.saturating_add(self.leeway) <= now {
+            return Err(TokenError::Expired);
+        }
+        if self.revocations.is_revoked(&c.sub, c.jti.as_deref(), c.iat) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(())
+    }
+
     /// Verifies a compact JWS at time `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         self.verify_with(token, now, None)

@@ -203,6 +203,15 @@ pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
     }
 }
 
+/// A minimal `node.toml` for running the real binary: WSS on 127.0.0.1:`port` with the
+/// PKI's `wss.pem`/`wss-key.pem` (relative to the file) and the `/echo` route. `extra` is
+/// prepended (top-level keys) and `tail` appended (more sections).
+pub fn node_toml(port: u16, extra: &str, tail: &str) -> String {
+    format!(
+        "{extra}\n[listen]\nwss = \"127.0.0.1:{port}\"\n[tls]\ncert = \"wss.pem\"\nkey = \"wss-key.pem\"\n[[routes]]\npath = \"/echo\"\necho = true\n{tail}"
+    )
+}
+
 /// A node on a free loopback port, with its PKI.
 pub struct TestNode {
     pub pki: Arc<Pki>,

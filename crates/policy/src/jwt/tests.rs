@@ -224,3 +224,17 @@ fn jwks_documents_parse_public_keys_only() {
     assert!(v.verify_with(&t, NOW, Some(&keys)).is_ok());
     assert!(parse_jwks(b"{\"nope\":1}").is_err());
 }
+
+#[test]
+fn claims_verified_earlier_are_rechecked() {
+    let ec = keypair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let v = verifier(vec![kd("k", "ES256", &ec.public_pem)], |p| {
+        p.auth.leeway_seconds = 30;
+        p.revocations = serde_yaml::from_str(r#"[{ sub: "gone" }]"#).expect("yaml");
+    });
+    let c = v.verify(&sign(&ec, None, Some("k"), &claims(json!({"exp": NOW + 10}))), NOW).expect("valid");
+    assert_eq!(v.still_valid(&c, NOW + 39), Ok(()), "within leeway");
+    assert_eq!(v.still_valid(&c, NOW + 40), Err(TokenError::Expired));
+    let gone = Claims { sub: "gone".into(), ..c };
+    assert_eq!(v.still_valid(&gone, NOW), Err(TokenError::Revoked));
+}
