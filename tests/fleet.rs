@@ -150,6 +150,13 @@ async fn operator_verbs_across_the_fleet() {
     let (code, diff, _) = f.cli(&["policy", "diff", "-f", file.to_str().expect("p")]).await;
     assert_eq!(code, 0);
     assert!(diff.contains("+  - https://new.example.org") || diff.contains("https://new.example.org"), "{diff}");
+    // A dry run validates on every node and changes nothing.
+    let before = f.nodes[0].handle.state.policy.version();
+    let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p"), "--dry-run"]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    for n in &f.nodes {
+        assert_eq!(n.handle.state.policy.version(), before);
+    }
     let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await;
     assert_eq!(r["converged"], true, "{r}");
     let version = r["version"].as_u64().expect("version");

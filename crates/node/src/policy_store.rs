@@ -50,11 +50,13 @@ impl PolicyStore {
 
     /// Validates and swaps in `doc` as `version`. A version not newer than the current one
     /// is refused; an invalid document is refused and the current policy keeps serving.
-    /// With `dry_run` nothing changes. Returns the compiled policy.
+    /// With `dry_run` only the document is checked and nothing changes. Returns the
+    /// compiled policy.
     pub fn apply(&self, doc: &Policy, version: u64, dry_run: bool) -> Result<Arc<CompiledPolicy>, ApplyError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        // A dry run only validates: its version orders nothing.
         let current = self.version();
-        if version <= current {
+        if version <= current && !dry_run {
             return Err(ApplyError::Stale { offered: version, current });
         }
         let compiled = Arc::new(doc.compile(version)?);
