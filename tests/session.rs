@@ -312,6 +312,17 @@ async fn egress_alert_disconnects_the_subject() {
     assert_eq!(close_code(&mut one, Duration::from_secs(2)).await, Some(4003));
     assert_eq!(close_code(&mut two, Duration::from_secs(2)).await, Some(4003), "every session of the subject");
     assert_eq!(node.handle.state.counters.egress_alerts.load(Ordering::Relaxed), 1);
+
+    // `action: log` (the default) alerts once and disconnects nobody.
+    let mut p = policy(&[&key]);
+    p.egress.alert_bytes_per_minute = 1000;
+    let node = TestNode::start(Some(&p), |_| {}).await;
+    let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("open");
+    for _ in 0..3 {
+        send(&mut ws, &"z".repeat(600)).await;
+        assert_eq!(text(&mut ws).await.len(), 600);
+    }
+    assert_eq!(node.handle.state.counters.egress_alerts.load(Ordering::Relaxed), 1, "one alert per window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
