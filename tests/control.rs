@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use palisade_proto::convert;
+use palisade_policy::wire;
 use palisade_proto::node::v1 as pb;
 use palisade_testkit::{Message, TestKey, TestNode, close_code, next_data, policy, refused};
 use serde_json::json;
@@ -22,7 +22,7 @@ fn sel(t: pb::selector::Target) -> Option<pb::Selector> {
 }
 
 fn apply(version: u64, p: &palisade_policy::Policy) -> pb::ApplyPolicyRequest {
-    pb::ApplyPolicyRequest { policy: Some(convert::versioned(version, p)), dry_run: false }
+    pb::ApplyPolicyRequest { policy: Some(wire::versioned(version, p)), dry_run: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +33,7 @@ async fn policy_rpcs_live_changes_stale_and_invalid() {
     let mut c = node.control().await;
     let got = c.get_policy(pb::GetPolicyRequest {}).await.expect("get").into_inner().policy.expect("policy");
     assert_eq!(got.version, 1);
-    assert_eq!(convert::document(&got).expect("doc"), p1);
+    assert_eq!(wire::document(&got).expect("doc"), p1);
 
     let auth = bearer(&key.token(json!({})));
     let other_origin = ("Origin", "https://other.test");

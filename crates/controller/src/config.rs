@@ -49,7 +49,7 @@ fn default_rpc_timeout() -> u64 {
 }
 
 /// Certificate, key and CA files (the same shape as a node's `[control]`).
-pub type TlsFiles = palisade_node::config::ControlConfig;
+pub type TlsFiles = palisade_plane::ControlConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,18 +11,13 @@ use palisade_proto::node::v1 as pb;
 use palisade_proto::node::v1::node_control_client::NodeControlClient;
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 /// A node's registry record (`/palisade/<cluster>/nodes/<id>`), as the node writes it.
-pub use palisade_node::cluster::NodeRecord;
+pub use palisade_plane::NodeRecord;
 
 /// The controller's client identity and the CA of node certificates (None: plain text).
-#[derive(Debug, Clone)]
-pub struct NodeTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub ca_pem: String,
-}
+pub type NodeTls = palisade_plane::ControlTls;
 
 pub struct NodeEntry {
     pub record: NodeRecord,
@@ -94,15 +89,10 @@ impl Directory {
         if rec.control.is_empty() {
             return Err(bad("no control address".into()));
         }
-        let host = rec.control.rsplit_once(':').map_or(rec.control.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{}", rec.control)).map_err(|e| bad(e.to_string()))?;
         if let Some(t) = &self.tls {
-            let cfg = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&t.ca_pem))
-                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
-                .domain_name(host);
-            ep = ep.tls_config(cfg).map_err(|e| bad(e.to_string()))?;
+            ep = ep.tls_config(t.client_config(rec.control_host())).map_err(|e| bad(e.to_string()))?;
         }
         Ok(ep.connect_timeout(Duration::from_secs(2)).timeout(self.timeout).tcp_nodelay(true).connect_lazy())
     }
@@ -195,7 +185,7 @@ fn spawn_stats_watch(entry: std::sync::Weak<NodeEntry>, mut stop: watch::Receive
 /// revision; after any error, a fresh read (so nothing missed stays missed).
 pub async fn run_etcd_discovery(dir: Arc<Directory>, mut client: etcd_client::Client, cluster: String, mut stop: watch::Receiver<bool>) {
     use etcd_client::{EventType, GetOptions, WatchOptions};
-    let prefix = format!("/palisade/{cluster}/nodes/");
+    let prefix = palisade_plane::etcd::Keys::new(&cluster).nodes();
     loop {
         let round = async {
             let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use palisade_node::control::ControlTls;
+use palisade_plane::ControlTls;
 use palisade_policy::Policy;
 use palisade_proto::controller::v1 as pb;
 use palisade_proto::controller::v1::fleet_control_server::{FleetControl, FleetControlServer};
-use palisade_proto::convert;
+use palisade_policy::wire;
 use palisade_proto::node::v1 as npb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,9 +52,6 @@ impl ControllerHandle {
     }
 }
 
-fn read_pem(p: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-}
 
 impl Controller {
     pub fn new(cluster: String, directory: Arc<Directory>, store: PolicyStore, concurrency: usize) -> Arc<Controller> {
@@ -65,13 +62,13 @@ impl Controller {
     /// configured, else an empty in-memory directory (the caller adds nodes).
     pub async fn from_config(cfg: &ControllerConfig) -> Result<(Arc<Controller>, Option<etcd_client::Client>), String> {
         let nodes_tls = match &cfg.nodes_tls {
-            Some(t) => Some(NodeTls { cert_pem: read_pem(&t.cert)?, key_pem: read_pem(&t.key)?, ca_pem: read_pem(&t.ca)? }),
+            Some(t) => Some(NodeTls::from_config(t).map_err(|e| format!("nodes_tls: cannot read {e}"))?),
             None => None,
         };
         let dir = Directory::new(nodes_tls, Duration::from_millis(cfg.node_timeout_ms));
         let (store, etcd) = match &cfg.etcd {
             Some(e) => {
-                let opts = palisade_node::cluster::connect_options(
+                let opts = palisade_plane::etcd::connect_options(
                     Duration::from_millis(e.timeout_ms),
                     e.ca.as_deref(),
                     e.cert.as_deref(),
@@ -104,7 +101,7 @@ impl Controller {
         let svc = FleetControlServer::new(Service { c: self.clone() }).max_decoding_message_size(4 * 1024 * 1024);
         let task = tokio::spawn(async move {
             let _health = health;
-            if let Err(e) = palisade_node::control::serve_grpc(
+            if let Err(e) = palisade_plane::grpc::serve_grpc(
                 "palisade.controller.v1.FleetControl",
                 move |r| r.add_service(svc),
                 health_service,
@@ -167,7 +164,7 @@ impl Controller {
     }
 
     async fn push(&self, doc: &Policy, version: u64, dry_run: bool) -> Vec<pb::NodeResult> {
-        let versioned = convert::versioned(version, doc);
+        let versioned = wire::versioned(version, doc);
         let results = self
             .fan_out(self.directory.snapshot(), |n| {
                 let req = npb::ApplyPolicyRequest { policy: Some(versioned.clone()), dry_run };
@@ -295,7 +292,7 @@ fn store_status(e: StoreError) -> Status {
 }
 
 fn need_selector(s: &Option<npb::Selector>) -> Result<(), Status> {
-    palisade_node::control::selector(s.clone())?
+    palisade_plane::Selector::from_proto(s.as_ref())?
         .map(|_| ())
         .ok_or_else(|| Status::invalid_argument("selector: required (use all=true for everyone)"))
 }
@@ -327,13 +324,13 @@ impl FleetControl for Service {
 
     async fn get_policy(&self, _r: Request<pb::GetPolicyRequest>) -> Result<Response<pb::GetPolicyResponse>, Status> {
         let (doc, v) = self.c.store.get().await.map_err(store_status)?.ok_or_else(|| Status::not_found("no policy was applied yet"))?;
-        Ok(Response::new(pb::GetPolicyResponse { policy: Some(convert::versioned(v, &doc)) }))
+        Ok(Response::new(pb::GetPolicyResponse { policy: Some(wire::versioned(v, &doc)) }))
     }
 
     async fn apply_policy(&self, r: Request<pb::ApplyPolicyRequest>) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         let r = r.into_inner();
         let v = r.policy.ok_or_else(|| Status::invalid_argument("policy: required"))?;
-        let doc = convert::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let doc = wire::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _one = self.c.policy_lock.lock().await;
         let (version, results, converged) = self.c.apply(doc, r.expected_version, r.dry_run).await?;
         Ok(Response::new(pb::ApplyPolicyResponse { version, results, converged, applied: !r.dry_run, dry_run: r.dry_run }))
@@ -483,7 +480,7 @@ impl FleetControl for Service {
 
     async fn list_connections(&self, r: Request<pb::ListConnectionsRequest>) -> Result<Response<pb::ListConnectionsResponse>, Status> {
         let r = r.into_inner();
-        palisade_node::control::selector(r.selector.clone())?;
+        palisade_plane::Selector::from_proto(r.selector.as_ref())?;
         let (connections, unreachable_node_ids) = self.c.connections(&r.node_id, r.selector, r.limit_per_node).await?;
         Ok(Response::new(pb::ListConnectionsResponse { connections, unreachable_node_ids }))
     }

@@ -22,7 +22,7 @@ pub enum PolicyStore {
 
 impl PolicyStore {
     pub fn etcd(client: etcd_client::Client, cluster: &str) -> PolicyStore {
-        PolicyStore::Etcd { client: Box::new(client), key: format!("/palisade/{cluster}/policy") }
+        PolicyStore::Etcd { client: Box::new(client), key: palisade_plane::etcd::Keys::new(cluster).policy() }
     }
 
     pub fn memory(initial: Option<(Policy, u64)>) -> PolicyStore {

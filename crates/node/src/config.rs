@@ -47,13 +47,7 @@ pub struct NodeConfig {
     pub insecure_control_plane: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
+pub use palisade_plane::ControlConfig;
 
 /// `[etcd]`: where the cluster state lives.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,99 +1,25 @@
 //! The node's control plane (SPEC section 6): `palisade.node.v1.NodeControl` over gRPC,
 //! with health and reflection (v1 and v1alpha), mTLS by default.
 
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use palisade_proto::convert;
+use palisade_policy::wire;
 use palisade_proto::node::v1 as pb;
 use palisade_proto::node::v1::node_control_server::{NodeControl, NodeControlServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::Stream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+
+use palisade_plane::ControlTls;
+use palisade_plane::grpc::serve_grpc;
 
 use crate::policy_store::ApplyError;
 use crate::registry::{Command, Selector, SessionInfo};
 use crate::state::NodeState;
-
-/// mTLS material of a control-plane server: its certificate and the CA its clients'
-/// certificates must chain to.
-#[derive(Debug, Clone)]
-pub struct ControlTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub client_ca_pem: String,
-}
-
-impl ControlTls {
-    pub fn load(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> std::io::Result<ControlTls> {
-        Ok(ControlTls {
-            cert_pem: std::fs::read_to_string(cert)?,
-            key_pem: std::fs::read_to_string(key)?,
-            client_ca_pem: std::fs::read_to_string(ca)?,
-        })
-    }
-
-    /// Client certificates are required (not optional) and must chain to the control CA.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
-            .client_auth_optional(false)
-    }
-}
-
-/// Serves a set of tonic services with health and reflection on `listener` until `stop`.
-/// Shared by the node and the controller.
-pub async fn serve_grpc(
-    service_name: &str,
-    router_for: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router,
-    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    listener: TcpListener,
-    tls: Option<ControlTls>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
-    // Advertise what this server serves (the descriptor set also describes the other
-    // side's service, which is not served here).
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name(service_name)
-            .with_service_name("grpc.health.v1.Health")
-    };
-    let reflection_v1 = reflection().build_v1().map_err(|e| {
-        tracing::error!(error = %e, "reflection v1");
-        e
-    });
-    let reflection_v1alpha = reflection().build_v1alpha();
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
-    if let Some(t) = &tls {
-        builder = builder.tls_config(t.server_config())?;
-    }
-    let mut router = builder.add_service(health_service);
-    if let Ok(r) = reflection_v1 {
-        router = router.add_service(r);
-    }
-    if let Ok(r) = reflection_v1alpha {
-        router = router.add_service(r);
-    }
-    let router = router_for(router);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    router
-        .serve_with_incoming_shutdown(incoming, async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await
-}
 
 /// Starts the node's control server in the background.
 pub async fn spawn(
@@ -118,19 +44,8 @@ pub struct NodeControlService {
 }
 
 /// Converts a wire selector; an empty one is `None`.
-pub fn selector(s: Option<pb::Selector>) -> Result<Option<Selector>, Status> {
-    use pb::selector::Target;
-    Ok(match s.and_then(|s| s.target) {
-        None => None,
-        Some(Target::ConnId(c)) => Some(Selector::Conn(c)),
-        Some(Target::Subject(s)) => Some(Selector::Subject(s)),
-        Some(Target::Session(j)) => Some(Selector::Session(j)),
-        Some(Target::ClientAddress(a)) => {
-            Some(Selector::Client(a.parse::<IpAddr>().map_err(|_| Status::invalid_argument("selector.client_address: not an IP address"))?))
-        }
-        Some(Target::All(true)) => Some(Selector::All),
-        Some(Target::All(false)) => None,
-    })
+fn selector(s: Option<pb::Selector>) -> Result<Option<Selector>, Status> {
+    Ok(Selector::from_proto(s.as_ref())?)
 }
 
 pub fn connection(i: &SessionInfo) -> pb::Connection {
@@ -186,7 +101,7 @@ type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send +
 impl NodeControl for NodeControlService {
     async fn get_policy(&self, _req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::GetPolicyResponse>, Status> {
         let p = self.state.policy.load().ok_or_else(|| Status::not_found("this node has no policy yet"))?;
-        Ok(Response::new(pb::GetPolicyResponse { policy: Some(convert::versioned(p.version, &p.document)) }))
+        Ok(Response::new(pb::GetPolicyResponse { policy: Some(wire::versioned(p.version, &p.document)) }))
     }
 
     async fn apply_policy(&self, req: Request<pb::ApplyPolicyRequest>) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
@@ -195,7 +110,7 @@ impl NodeControl for NodeControlService {
         if v.version == 0 {
             return Err(Status::invalid_argument("policy.version: must be at least 1"));
         }
-        let doc = convert::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let doc = wire::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let compiled = self.state.policy.apply(&doc, v.version, req.dry_run).map_err(apply_status)?;
         tracing::info!(event = "policy_applied", node = %self.state.id, version = compiled.version, dry_run = req.dry_run);
         Ok(Response::new(pb::ApplyPolicyResponse { version: compiled.version, applied: !req.dry_run, dry_run: req.dry_run }))

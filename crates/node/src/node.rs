@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{NodeConfig, TlsMode};
-use crate::control::ControlTls;
+use palisade_plane::ControlTls;
 use crate::registry::{Command, Selector};
 use crate::state::NodeState;
 use crate::tls::{self, ReloadingCert};
@@ -108,7 +108,7 @@ impl Node {
         // listeners are bound so that the record holds their real addresses.
         let cluster_tasks = match &self.state.etcd {
             Some(etcd) => {
-                let record = crate::cluster::NodeRecord::new(&self.state, wss_addr, control_addr);
+                let record = crate::cluster::node_record(&self.state, wss_addr, control_addr);
                 crate::cluster::spawn(self.state.clone(), etcd.clone(), record)
             }
             None => Vec::new(),

@@ -17,15 +17,7 @@ pub enum Command {
     Send { payload: Bytes, binary: bool },
 }
 
-/// Which sessions an operation applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    Conn(String),
-    Subject(String),
-    Session(String),
-    Client(IpAddr),
-    All,
-}
+pub use palisade_plane::Selector;
 
 /// Per-connection counters, shared between the session and the registry.
 #[derive(Debug, Default)]

@@ -88,7 +88,7 @@ pub struct NodeState {
     /// in memory.
     pub tickets: Tickets,
     /// The cluster store (`[etcd]`): registration, the policy watch, tickets.
-    pub etcd: Option<Arc<crate::cluster::Etcd>>,
+    pub etcd: Option<Arc<crate::etcd::Etcd>>,
     pub registry: Registry,
     pub counters: Counters,
     pub egress: crate::egress::EgressMeter,
@@ -106,7 +106,7 @@ impl NodeState {
         let placeholder = RateSpec { per_second: 1.0, burst: 1 };
         let id = config.node_id();
         let etcd = match &config.etcd {
-            Some(e) => Some(Arc::new(crate::cluster::Etcd::new(e, &config.cluster, &id).map_err(|e| e.to_string())?)),
+            Some(e) => Some(Arc::new(crate::etcd::Etcd::new(e, &config.cluster, &id).map_err(|e| e.to_string())?)),
             None => None,
         };
         let tickets = etcd.clone().map_or_else(Tickets::default, Tickets::Etcd);

@@ -14,7 +14,9 @@ use base64::Engine as _;
 use palisade_policy::Claims;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterError, Etcd};
+use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use crate::etcd::{ClusterError, Etcd};
 
 /// What a ticket stands for: the verified token's identity and an optional Origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,7 @@ impl Tickets {
             Tickets::Memory(m) => Ok(m.mint(record, ttl)),
             Tickets::Etcd(etcd) => {
                 let id = new_ticket_id();
-                let expires_unix_ms = crate::cluster::unix_ms().saturating_add(ttl.as_millis() as u64);
+                let expires_unix_ms = crate::etcd::unix_ms().saturating_add(ttl.as_millis() as u64);
                 let value = StoredTicket::from_record(record, expires_unix_ms).encode();
                 etcd.put_ticket(&id, value, ttl).await?;
                 Ok(id)
@@ -75,7 +77,7 @@ impl Tickets {
                     return Ok(None);
                 };
                 // The lease is whole seconds and expires lazily; the record is exact.
-                Ok((stored.expires_unix_ms > crate::cluster::unix_ms()).then(|| stored.into_record()))
+                Ok((stored.expires_unix_ms > crate::etcd::unix_ms()).then(|| stored.into_record()))
             }
         }
     }
@@ -153,6 +155,36 @@ impl MemoryTickets {
     pub fn consume(&self, id: &str) -> Option<TicketRecord> {
         let (rec, exp) = self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id)?;
         (exp > Instant::now()).then_some(rec)
+    }
+}
+
+/// The fleet's tickets in etcd: `/palisade/<cluster>/tickets/<id>`.
+impl Etcd {
+    /// Stores a ticket under its own lease of `ttl`.
+    pub(crate) async fn put_ticket(&self, id: &str, value: Vec<u8>, ttl: Duration) -> Result<(), ClusterError> {
+        let mut c = self.client().await?;
+        let ttl = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = self.bounded(c.lease_grant(ttl, None)).await?.id();
+        self.bounded(c.put(self.ticket_key(id), value, Some(PutOptions::new().with_lease(lease)))).await?;
+        Ok(())
+    }
+
+    /// Takes a ticket out of etcd in one transaction: if the key exists, delete it and
+    /// return what it held. Of two nodes racing for one ticket exactly one gets it.
+    pub(crate) async fn take_ticket(&self, id: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        let mut c = self.client().await?;
+        let key = self.ticket_key(id);
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))]);
+        let resp = self.bounded(c.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        Ok(resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Delete(d) if d.deleted() == 1 => d.prev_kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        }))
     }
 }
 

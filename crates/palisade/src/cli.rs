@@ -24,6 +24,10 @@ pub enum Command {
         /// production; logs a warning).
         #[arg(long)]
         insecure_control_plane: bool,
+        /// Validate the configuration and every file it names, print `ok` and exit (1 with
+        /// the field on a problem); binds nothing.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Run the controller.
     Controller {
@@ -32,6 +36,10 @@ pub enum Command {
         /// Plain-text control plane on both sides (never in production; logs a warning).
         #[arg(long)]
         insecure_control_plane: bool,
+        /// Validate the configuration and every file it names, print `ok` and exit (1 with
+        /// the field on a problem); binds nothing.
+        #[arg(long)]
+        check_config: bool,
     },
     /// List the fleet's nodes.
     Nodes,
@@ -157,7 +165,11 @@ pub fn init_logging() {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = cli.conn;
     match cli.command {
-        Command::Controller { config, insecure_control_plane } => {
+        Command::Controller { config, check_config: true, insecure_control_plane } => {
+            crate::check::print(crate::check::controller(&config, insecure_control_plane)?);
+            Ok(())
+        }
+        Command::Controller { config, insecure_control_plane, .. } => {
             init_logging();
             let cfg = palisade_controller::ControllerConfig::load(&config, insecure_control_plane)?;
             if insecure_control_plane {
@@ -165,7 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let (controller, etcd) = palisade_controller::Controller::from_config(&cfg).await.map_err(anyhow::Error::msg)?;
             let tls = match &cfg.tls {
-                Some(t) => Some(palisade_node::control::ControlTls::load(&t.cert, &t.key, &t.ca).context("controller TLS files")?),
+                Some(t) => Some(palisade_plane::ControlTls::load(&t.cert, &t.key, &t.ca).context("controller TLS files")?),
                 None => None,
             };
             let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -184,7 +196,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Disconnect { target, node, code, reason } => crate::ops::disconnect(&conn, target, node, code, reason).await,
         Command::Send { target, data, node } => crate::ops::send(&conn, target, data, node).await,
         Command::Drain { node, deadline } => crate::ops::drain(&conn, node, deadline).await,
-        Command::Node { config, insecure_control_plane } => {
+        Command::Node { config, check_config: true, insecure_control_plane } => {
+            crate::check::print(crate::check::node(&config, insecure_control_plane)?);
+            Ok(())
+        }
+        Command::Node { config, insecure_control_plane, .. } => {
             init_logging();
             let mut cfg = palisade_node::NodeConfig::load_with(&config, insecure_control_plane)?;
             cfg.insecure_control_plane = insecure_control_plane;

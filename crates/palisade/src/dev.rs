@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use palisade_node::config::{ControlConfig, Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
 use palisade_node::{Node, NodeHandle};
 
-use palisade_node::pki;
+use palisade_plane::pki;
 
 pub struct DevOptions {
     pub dir: PathBuf,
@@ -202,18 +202,13 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
 
     // The controller: its server certificate and its client identity towards the nodes
     // are the dev WSS certificate (localhost, 127.0.0.1; server and client auth).
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
-    let node_tls = palisade_controller::directory::NodeTls {
-        cert_pem: read(&files.wss_cert)?,
-        key_pem: read(&files.wss_key)?,
-        ca_pem: read(&files.ca)?,
-    };
-    let directory = palisade_controller::directory::Directory::new(Some(node_tls), std::time::Duration::from_secs(5));
+    let node_tls = palisade_plane::ControlTls::load(&files.wss_cert, &files.wss_key, &files.ca)?;
+    let directory = palisade_controller::directory::Directory::new(Some(node_tls.clone()), std::time::Duration::from_secs(5));
     let controller = palisade_controller::Controller::new(CLUSTER.into(), directory, store, 64);
     if etcd.is_none() {
         controller.add_static(nodes.iter().map(record).collect());
     }
-    let tls = palisade_node::control::ControlTls::load(&files.wss_cert, &files.wss_key, &files.ca)?;
+    let tls = node_tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let controller = controller.serve(listener, Some(tls), etcd).await;
 
@@ -245,8 +240,8 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
 
 const CLUSTER: &str = "dev";
 
-fn record(h: &NodeHandle) -> palisade_controller::directory::NodeRecord {
-    palisade_node::cluster::NodeRecord::new(&h.state, h.wss_addr, h.control_addr)
+fn record(h: &NodeHandle) -> palisade_plane::NodeRecord {
+    palisade_node::cluster::node_record(&h.state, h.wss_addr, h.control_addr)
 }
 
 fn print_banner(opts: &DevOptions, fleet: &DevFleet) {

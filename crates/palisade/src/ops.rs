@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use palisade_proto::controller::v1 as pb;
 use palisade_proto::controller::v1::fleet_control_client::FleetControlClient;
-use palisade_proto::convert;
+use palisade_policy::wire;
 use palisade_proto::node::v1 as npb;
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -375,7 +375,7 @@ pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Get => {
             let v = client.get_policy(pb::GetPolicyRequest {}).await.map_err(rpc_err)?.into_inner().policy.context("empty answer")?;
-            let doc = convert::document(&v)?;
+            let doc = wire::document(&v)?;
             match c.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&json!({"version": v.version, "policy": doc}))?),
                 Output::Table => print!("# version {}\n{}", v.version, doc.to_yaml()),
@@ -385,7 +385,7 @@ pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Apply { file, dry_run } => {
             let doc = read_policy_file(&file)?;
             let r = client
-                .apply_policy(pb::ApplyPolicyRequest { policy: Some(convert::versioned(0, &doc)), dry_run, expected_version: None })
+                .apply_policy(pb::ApplyPolicyRequest { policy: Some(wire::versioned(0, &doc)), dry_run, expected_version: None })
                 .await
                 .map_err(rpc_err)?
                 .into_inner();
@@ -394,7 +394,7 @@ pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Diff { file } => {
             let new = read_policy_file(&file)?;
             let cur = match client.get_policy(pb::GetPolicyRequest {}).await {
-                Ok(r) => r.into_inner().policy.map(|v| convert::document(&v)).transpose()?,
+                Ok(r) => r.into_inner().policy.map(|v| wire::document(&v)).transpose()?,
                 Err(s) if s.code() == tonic::Code::NotFound => None,
                 Err(s) => return Err(rpc_err(s)),
             };
@@ -448,7 +448,7 @@ pub async fn keys(c: &Conn, cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::List => {
             let v = client.get_policy(pb::GetPolicyRequest {}).await.map_err(rpc_err)?.into_inner().policy.context("empty answer")?;
-            let doc = convert::document(&v)?;
+            let doc = wire::document(&v)?;
             let keys: Vec<Value> = doc
                 .auth
                 .keys

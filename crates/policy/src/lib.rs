@@ -14,6 +14,8 @@ pub mod jwt;
 pub mod mint;
 pub mod model;
 pub mod origin;
+#[cfg(feature = "proto")]
+pub mod wire;
 
 pub use compile::{CompiledPolicy, Limits, MessageLimits, RateSpec, parse_rfc3339};
 pub use error::PolicyError;

@@ -8,8 +8,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod convert;
-
 /// `palisade.policy.v1`: the policy document and its version.
 pub mod policy {
     /// Generated from `proto/palisade/policy/v1/policy.proto`.

@@ -10,7 +10,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use palisade_node::config::{Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
-use palisade_node::{Node, NodeHandle, pki};
+use palisade_node::{Node, NodeHandle};
+use palisade_plane::pki;
 use palisade_policy::Policy;
 use palisade_policy::mint::SigningKey;
 use palisade_policy::model::KeyDoc;

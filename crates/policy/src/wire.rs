@@ -1,14 +1,46 @@
-//! The policy document between its two forms: `palisade_policy::Policy` (YAML/JSON, the
-//! model that validates) and `policy::v1::Policy` (protobuf on the wire). Field names
-//! match one for one; a field unset on the wire keeps the document's default.
+//! The policy document between its two forms: [`Policy`](m::Policy) (YAML/JSON, the model
+//! that validates) and `palisade.policy.v1.Policy` (protobuf on the wire), as `From` and
+//! `TryFrom`. Field names match one for one; a field unset on the wire keeps the
+//! document's default. Enum values on the wire are the serde names of the model (one
+//! name table: the model's).
 
-use palisade_policy::PolicyError;
-use palisade_policy::model::{self as m, Carrier, EgressAction};
+use palisade_proto::policy::v1 as pb;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::policy::v1 as pb;
+use crate::PolicyError;
+use crate::model as m;
 
-/// Model -> wire: every field set.
-pub fn to_proto(p: &m::Policy) -> pb::Policy {
+/// The serde name of a unit enum value (`Carrier::Header` -> `header`).
+fn name_of<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The unit enum value a serde name stands for.
+fn from_name<T: DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+impl From<&m::Policy> for pb::Policy {
+    /// Model -> wire: every field set.
+    fn from(p: &m::Policy) -> pb::Policy {
+        to_proto(p)
+    }
+}
+
+impl TryFrom<&pb::Policy> for m::Policy {
+    type Error = PolicyError;
+
+    /// Wire -> model; see [`from_proto`].
+    fn try_from(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
+        from_proto(p)
+    }
+}
+
+fn to_proto(p: &m::Policy) -> pb::Policy {
     let a = &p.auth;
     let l = &p.limits;
     let per = |k: &m::PerKeyDoc| pb::PerKeyLimits {
@@ -19,7 +51,7 @@ pub fn to_proto(p: &m::Policy) -> pb::Policy {
     pb::Policy {
         origins: Some(pb::Origins { allow: p.origins.allow.clone(), allow_missing: p.origins.allow_missing }),
         auth: Some(pb::Auth {
-            carriers: a.carriers.iter().map(|c| c.as_str().to_owned()).collect(),
+            carriers: a.carriers.iter().map(name_of).collect(),
             issuer: a.issuer.clone(),
             audience: a.audience.clone(),
             leeway_seconds: Some(a.leeway_seconds),
@@ -54,10 +86,7 @@ pub fn to_proto(p: &m::Policy) -> pb::Policy {
         }),
         egress: Some(pb::Egress {
             alert_bytes_per_minute: Some(p.egress.alert_bytes_per_minute),
-            action: Some(match p.egress.action {
-                EgressAction::Log => "log".into(),
-                EgressAction::Disconnect => "disconnect".into(),
-            }),
+            action: Some(name_of(&p.egress.action)),
         }),
         revocations: p
             .revocations
@@ -80,7 +109,7 @@ fn set<T: Copy>(dst: &mut T, v: Option<T>) {
 
 /// Wire -> model. Unset fields keep the defaults; unknown enum strings are errors naming
 /// the field. Validation of values is `Policy::compile`'s job.
-pub fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
+fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
     let mut out = m::Policy::default();
     if let Some(o) = &p.origins {
         out.origins = m::Origins { allow: o.allow.clone(), allow_missing: o.allow_missing };
@@ -92,12 +121,8 @@ pub fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
                 .carriers
                 .iter()
                 .enumerate()
-                .map(|(i, c)| match c.as_str() {
-                    "header" => Ok(Carrier::Header),
-                    "subprotocol" => Ok(Carrier::Subprotocol),
-                    "query" => Ok(Carrier::Query),
-                    "ticket" => Ok(Carrier::Ticket),
-                    other => Err(PolicyError::new(format!("auth.carriers[{i}]"), format!("unknown carrier `{other}`"))),
+                .map(|(i, c)| {
+                    from_name(c).ok_or_else(|| PolicyError::new(format!("auth.carriers[{i}]"), format!("unknown carrier `{c}`")))
                 })
                 .collect::<Result<_, _>>()?;
         }
@@ -146,11 +171,9 @@ pub fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
     }
     if let Some(e) = &p.egress {
         set(&mut out.egress.alert_bytes_per_minute, e.alert_bytes_per_minute);
-        match e.action.as_deref() {
-            None => {}
-            Some("log") => out.egress.action = EgressAction::Log,
-            Some("disconnect") => out.egress.action = EgressAction::Disconnect,
-            Some(other) => return Err(PolicyError::new("egress.action", format!("must be `log` or `disconnect`, not `{other}`"))),
+        if let Some(a) = e.action.as_deref() {
+            out.egress.action =
+                from_name(a).ok_or_else(|| PolicyError::new("egress.action", format!("must be `log` or `disconnect`, not `{a}`")))?;
         }
     }
     out.revocations = p
@@ -224,6 +247,17 @@ revocations:
         assert_eq!(doc.limits.max_connections, 7);
         assert_eq!(doc.limits.idle_timeout_seconds, 60);
         assert_eq!(doc.auth.carriers.len(), 4);
+    }
+
+    #[test]
+    fn enum_names_are_the_serde_names() {
+        for c in [m::Carrier::Header, m::Carrier::Subprotocol, m::Carrier::Query, m::Carrier::Ticket] {
+            assert_eq!(name_of(&c), c.as_str());
+            assert_eq!(from_name::<m::Carrier>(c.as_str()), Some(c));
+        }
+        assert_eq!(name_of(&m::EgressAction::Disconnect), "disconnect");
+        let p = pb::Policy { auth: Some(pb::Auth { carriers: vec!["query".into(), "smoke".into()], ..Default::default() }), ..Default::default() };
+        assert_eq!(m::Policy::try_from(&p).map(|_| ()).map_err(|e| e.field), Err("auth.carriers[1]".to_string()));
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! etcd, as node and controller both reach it: connect options and the key layout of
+//! SPEC section 8.
+//!
+//! | key | value |
+//! |---|---|
+//! | `/palisade/<cluster>/nodes/<node-id>` | [`crate::NodeRecord`] as JSON, under the node's lease |
+//! | `/palisade/<cluster>/policy` | the policy document (YAML or JSON); its version is the key's mod revision |
+//! | `/palisade/<cluster>/tickets/<id>` | a one-time ticket, under a lease of its TTL |
+
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::ConnectOptions;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the etcd TLS file {path}: {source}")]
+pub struct TlsFileError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+/// etcd client options: timeouts, keep-alive, and TLS when a CA or a client certificate is
+/// given.
+pub fn connect_options(timeout: Duration, ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<ConnectOptions, TlsFileError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|source| TlsFileError { path: p.display().to_string(), source });
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        // A half-open connection (a dead peer, a partition) is noticed within ~15 s even
+        // on the long-lived watch and keep-alive streams. etcd refuses pings more often
+        // than every 5 s.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if ca.is_some() || cert.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (cert, key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
+/// The keys of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Keys {
+        Keys { prefix: format!("/palisade/{cluster}") }
+    }
+
+    /// The prefix under which every node record lives (ends with `/`).
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    pub fn node(&self, id: &str) -> String {
+        format!("{}/nodes/{id}", self.prefix)
+    }
+
+    pub fn policy(&self) -> String {
+        format!("{}/policy", self.prefix)
+    }
+
+    pub fn ticket(&self, id: &str) -> String {
+        format!("{}/tickets/{id}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_follow_the_spec_layout() {
+        let k = super::Keys::new("prod");
+        assert_eq!(k.nodes(), "/palisade/prod/nodes/");
+        assert_eq!(k.node("n1"), "/palisade/prod/nodes/n1");
+        assert_eq!(k.policy(), "/palisade/prod/policy");
+        assert_eq!(k.ticket("t"), "/palisade/prod/tickets/t");
+    }
+}

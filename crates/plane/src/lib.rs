@@ -1,0 +1,23 @@
+//! What the node and the controller share, so that neither links the other:
+//!
+//! - [`tls`]: the control-plane mTLS files (`[control]`, `[nodes_tls]`) and the tonic
+//!   server and client configurations built from them;
+//! - [`grpc`]: serving tonic services with `grpc.health.v1` and reflection v1 + v1alpha;
+//! - [`etcd`]: etcd connect options and the key layout of SPEC section 8;
+//! - [`record`]: the node's registry record;
+//! - [`selector`]: which sessions an operator command targets;
+//! - `pki` (feature `dev-pki`): the dev and test PKI.
+
+#![forbid(unsafe_code)]
+
+pub mod etcd;
+pub mod grpc;
+#[cfg(feature = "dev-pki")]
+pub mod pki;
+pub mod record;
+pub mod selector;
+pub mod tls;
+
+pub use record::NodeRecord;
+pub use selector::Selector;
+pub use tls::{ControlConfig, ControlTls};
