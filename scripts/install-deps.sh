@@ -27,4 +27,5 @@ if [ ${#need_pip[@]} -gt 0 ]; then
 fi
 command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
 bash "$(dirname "${BASH_SOURCE[0]}")/install-autobahn.sh" # wstest for tests/autobahn.rs (Python 2.7 venv)
+bash "$(dirname "${BASH_SOURCE[0]}")/install-helm.sh" # helm 3.18/4.x, kubernetes-validate, yamllint, hadolint for tests/helm.rs
 echo "dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"

@@ -169,8 +169,7 @@ fn ca_file(r: &mut Report, now: i64, field: &str, path: &Path) -> anyhow::Result
 }
 
 fn validity(r: &mut Report, now: i64, field: &str, path: &Path, cert: &CertificateDer<'_>) -> anyhow::Result<()> {
-    let (not_before, not_after) =
-        der::validity(cert).ok_or_else(|| anyhow!("{field}: {}: not an X.509 certificate", path.display()))?;
+    let (not_before, not_after) = der::validity(cert).ok_or_else(|| anyhow!("{field}: {}: not an X.509 certificate", path.display()))?;
     if now < not_before {
         bail!("{field}: {}: certificate not valid before {}", path.display(), der::format_time(not_before));
     }
@@ -179,11 +178,7 @@ fn validity(r: &mut Report, now: i64, field: &str, path: &Path, cert: &Certifica
     }
     let days = (not_after - now) / 86_400;
     if days < EXPIRY_WARNING_DAYS {
-        r.warnings.push(format!(
-            "{field}: {}: certificate expires in {days} days ({})",
-            path.display(),
-            der::format_time(not_after)
-        ));
+        r.warnings.push(format!("{field}: {}: certificate expires in {days} days ({})", path.display(), der::format_time(not_after)));
     }
     Ok(())
 }
