@@ -33,6 +33,13 @@ command -v helm >/dev/null 2>&1 || bash scripts/install-helm.sh
 
 echo "== release binary"
 nice -n 19 cargo build --release --locked -p palisade
+# The Dockerfile takes target/release/palisade from the build context, wherever cargo's
+# target directory is (CARGO_TARGET_DIR).
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+if [ "$(realpath "$target_dir")" != "$(realpath -m target)" ]; then
+  mkdir -p target/release
+  cp "$target_dir/release/palisade" target/release/palisade
+fi
 
 if [ "${PALISADE_REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$BASE"; then
   echo "== base image $BASE (debootstrap minbase bookworm)"
