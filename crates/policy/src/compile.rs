@@ -158,6 +158,13 @@ impl Policy {
         }
         range("limits.messages.burst", m.burst, 1, 1_000_000)?;
         range("limits.messages.max_buffered_bytes", m.max_buffered_bytes, 1024, 1024 * 1024 * 1024)?;
+        if m.max_bytes > m.max_buffered_bytes {
+            // One message must fit in the outbound buffer, or it could never be delivered.
+            return Err(err(
+                "limits.messages.max_bytes",
+                format!("must not exceed limits.messages.max_buffered_bytes ({}), got {}", m.max_buffered_bytes, m.max_bytes),
+            ));
+        }
         range("limits.handshake_timeout_ms", l.handshake_timeout_ms, 100, 60_000)?;
         range("limits.idle_timeout_seconds", l.idle_timeout_seconds, 1, 86_400)?;
         range("limits.ping_interval_seconds", l.ping_interval_seconds, 1, 86_400)?;
@@ -242,48 +249,12 @@ fn jwks_url_allowed(url: &str) -> bool {
     matches!(host, "localhost" | "::1") || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)` to unix seconds.
+/// Parses an RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`, with
+/// the `time` crate) to unix seconds, fractions truncated. `None` for anything else,
+/// including times before 1970 and after 9999 (`time`'s range); never panics.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok()).flatten()
-    };
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        let n = r.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return None;
-        }
-        rest = &r[n..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            let v = oh * 3600 + om * 60;
-            if rest.starts_with('-') { -v } else { v }
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let t = days * 86_400 + h * 3600 + mi * 60 + se - offset;
-    u64::try_from(t).ok()
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
 }
 
 #[cfg(test)]
@@ -320,5 +291,109 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-25T11:00:00.123+01:00"), Some(1_795_600_800));
         assert_eq!(parse_rfc3339("2026-11-25"), None);
         assert_eq!(parse_rfc3339("2026-13-25T10:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-11-25t10:00:00z"), Some(1_795_600_800));
+        assert_eq!(parse_rfc3339("2026-11-25T04:30:00-05:30"), Some(1_795_600_800));
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Some(crate::jwt::MAX_UNIX));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None, "before the epoch");
+    }
+
+    #[test]
+    fn rfc3339_refuses_what_is_not_a_time() {
+        for bad in [
+            "2026-11-25T10:00:00+0\u{e9}00",
+            "2026-11-25T10:00:00+\u{e9}:00",
+            "2026-11-25T10:00:00.\u{e9}Z",
+            "\u{e9}026-11-25T10:00:00Z",
+            "2026-11-25T10:00:\u{e9}Z",
+            "2026-11-25T10:00:00\u{e9}",
+            "2026-11-25T10:00:00\u{1F600}\u{1F600}",
+            "2026-02-31T10:00:00Z",
+            "2026-11-25T24:00:00Z",
+            "2026-11-25T10:00:00+24:00",
+            "2026-11-25T10:00:00",
+            "2026-11-25T10:00:00.Z",
+            " 2026-11-25T10:00:00Z",
+            "",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_revocation_times_name_the_field() {
+        use crate::model::{KeyDoc, Revocation};
+        let mut p = Policy::default();
+        p.auth.keys = vec![KeyDoc { kid: "h".into(), alg: "HS256".into(), public_key_pem: None, secret_base64: Some("a".repeat(44)) }];
+        let rev = |issued_before: Option<&str>, expires: Option<&str>| Revocation {
+            sub: Some("u".into()),
+            jti: None,
+            issued_before: issued_before.map(str::to_owned),
+            expires: expires.map(str::to_owned),
+        };
+        p.revocations = vec![rev(Some("2026-11-25T10:00:00Z"), Some("2026-11-26T10:00:00Z"))];
+        assert!(p.compile(1).is_ok());
+        p.revocations = vec![rev(Some("2026-11-25T10:00:00+0\u{e9}00"), None)];
+        let e = p.compile(1).map(|_| ()).expect_err("refused");
+        assert_eq!(e.field, "revocations[0].issued_before");
+        p.revocations = vec![rev(None, Some("2026-11-26T10:00:00+0\u{e9}00"))];
+        let e = p.compile(1).map(|_| ()).expect_err("refused");
+        assert_eq!(e.field, "revocations[0].expires");
+    }
+
+    #[test]
+    fn message_size_fits_the_buffer() {
+        use crate::model::KeyDoc;
+        let mut p = Policy::default();
+        p.auth.keys = vec![KeyDoc { kid: "h".into(), alg: "HS256".into(), public_key_pem: None, secret_base64: Some("a".repeat(44)) }];
+        p.limits.messages.max_bytes = 2 * 1024 * 1024;
+        p.limits.messages.max_buffered_bytes = 1024 * 1024;
+        let e = p.compile(1).map(|_| ()).expect_err("refused");
+        assert_eq!(e.field, "limits.messages.max_bytes");
+        assert!(e.message.contains("max_buffered_bytes"), "{}", e.message);
+        p.limits.messages.max_bytes = 1024 * 1024;
+        assert!(p.compile(1).is_ok(), "equal is fine");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn rfc3339_never_panics(s in "(?s).{0,40}") {
+            let _ = parse_rfc3339(&s);
+        }
+
+        /// Valid times with a few characters inserted, removed or replaced (ASCII and
+        /// multi-byte), where a parser slicing at byte offsets breaks.
+        #[test]
+        fn rfc3339_near_misses_never_panic(
+            base in proptest::sample::select(vec!["2026-11-25T10:00:00Z", "2026-11-25T11:00:00.123+01:00", "2026-11-25T04:30:00-05:30"]),
+            edits in proptest::collection::vec((0usize..40, 0u8..3, proptest::sample::select(vec!['\u{e9}', '\u{1F600}', '\u{80}', '0', '9', ':', '+', '-', '.', 'Z', 'T'])), 1..4),
+        ) {
+            let mut chars: Vec<char> = base.chars().collect();
+            for (at, op, c) in edits {
+                let at = at % (chars.len() + 1);
+                match op {
+                    0 => chars.insert(at, c),
+                    1 if at < chars.len() => { chars.remove(at); }
+                    _ if at < chars.len() => chars[at] = c,
+                    _ => chars.push(c),
+                }
+            }
+            let s: String = chars.into_iter().collect();
+            let _ = parse_rfc3339(&s);
+        }
+
+        /// A valid date and time followed by a mangled offset.
+        #[test]
+        fn rfc3339_mangled_offsets_never_panic(frac in "(\\.[0-9]{1,3})?", offset in "[-+zZ.\u{e9}][0-9:\u{e9}\u{1F600}]{0,5}") {
+            let _ = parse_rfc3339(&format!("2026-11-25T10:00:00{frac}{offset}"));
+        }
+
+        #[test]
+        fn rfc3339_round_trips(t in 0u64..=crate::jwt::MAX_UNIX) {
+            let dt = time::OffsetDateTime::from_unix_timestamp(t as i64).expect("in range");
+            let text = dt.format(&time::format_description::well_known::Rfc3339).expect("format");
+            proptest::prop_assert_eq!(parse_rfc3339(&text), Some(t));
+        }
     }
 }

@@ -98,45 +98,16 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     }
 }
 
-/// `application/x-www-form-urlencoded` pairs, percent-decoded (invalid escapes kept as is).
+/// `application/x-www-form-urlencoded` pairs (the `form_urlencoded` crate): `+` is a
+/// space, `%XX` escapes decoded, invalid escapes kept as is, invalid UTF-8 replaced with
+/// U+FFFD, empty pairs skipped, a key without `=` has an empty value.
 pub fn query_pairs(q: &str) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
-    q.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(k), decode(v))
-    })
+    form_urlencoded::parse(q.as_bytes())
 }
 
-fn decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return s.into();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+/// One raw (still encoded) key, decoded as `query_pairs` would.
+fn decode_key(raw: &str) -> std::borrow::Cow<'_, str> {
+    form_urlencoded::parse(raw.as_bytes()).next().map(|(k, _)| k).unwrap_or_default()
 }
 
 /// The query string with the values of `access_token`, `token` and `ticket` masked, for
@@ -148,7 +119,7 @@ pub fn mask_query(q: &str) -> String {
             out.push('&');
         }
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        if SECRET_QUERY_KEYS.contains(&decode(key).as_ref()) {
+        if SECRET_QUERY_KEYS.contains(&decode_key(key).as_ref()) {
             out.push_str(key);
             out.push_str("=***");
         } else {
@@ -206,6 +177,9 @@ mod tests {
     fn masking() {
         assert_eq!(mask_query("a=1&access_token=sek&token=x&ticket=y&b"), "a=1&access_token=***&token=***&ticket=***&b");
         assert_eq!(mask_query("access%5Ftoken=sek"), "access%5Ftoken=***");
+        assert_eq!(mask_query("tic%6Bet=sek&&token"), "tic%6Bet=***&&token=***");
+        assert_eq!(mask_query("x=%zz&%E9=1&to+ken=2"), "x=%zz&%E9=1&to+ken=2");
+        assert_eq!(mask_query(""), "");
     }
 
     #[test]
@@ -214,6 +188,16 @@ mod tests {
         assert_eq!(pairs[0].1, "A%2x");
         assert_eq!(pairs[1].1, "c d");
         assert_eq!(pairs[2].1, "%");
+        let pairs: Vec<_> = query_pairs("&&access%5Ftoken=a%2Bb%20c&x&%e9=%C3%A9&+k+=%ff&t=%4").collect();
+        let want: [(&str, &str); 5] = [("access_token", "a+b c"), ("x", ""), ("\u{fffd}", "\u{e9}"), (" k ", "\u{fffd}"), ("t", "%4")];
+        assert_eq!(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect::<Vec<_>>(), want);
+        // A percent-encoded key is the same carrier.
+        let i = CarrierInputs { query: Some("access%5Ftoken=a%2Eb"), ..Default::default() };
+        assert_eq!(extract(&i, &ALL), jwt(Carrier::Query, "a.b"));
+        let i = CarrierInputs { query: Some("access_token=a&access_token=b"), ..Default::default() };
+        assert_eq!(extract(&i, &ALL), Extracted::Ambiguous, "a carrier twice is ambiguous");
+        let i = CarrierInputs { query: Some("ticket=a&ticket=b"), ..Default::default() };
+        assert_eq!(extract(&i, &ALL), Extracted::Ambiguous);
     }
 
     proptest! {

@@ -15,7 +15,7 @@ impl PolicyError {
     }
 
     pub(crate) fn parse(message: String) -> Self {
-        // serde_yaml/serde_json messages name the unknown or mistyped field and the line.
+        // serde_yaml_ng/serde_json messages name the unknown or mistyped field and the line.
         PolicyError { field: "document".into(), message }
     }
 }

@@ -73,12 +73,33 @@ enum Audience {
     Many(Vec<String>),
 }
 
-/// A NumericDate: integer seconds (fractions truncated). Anything else is malformed.
+/// The largest NumericDate kept: 9999-12-31T23:59:59Z. Larger `exp`, `iat` and `nbf`
+/// values are clamped to it.
+pub const MAX_UNIX: u64 = 253_402_300_799;
+
+/// A NumericDate (RFC 7519 section 2): seconds since the epoch, as a JSON number.
+///
+/// - Integers and finite floats from 0 up are taken, fractions truncated (`1.5e9` is
+///   1500000000).
+/// - Values above [`MAX_UNIX`] (year 9999), up to any JSON number serde_json can hold
+///   (`2^63`, `18446744073709551615`, `1e19`, `1e300`), are clamped to `MAX_UNIX`: a token
+///   that never expires in practice stays accepted, and the deadline arithmetic done with
+///   `Claims::exp` downstream (`exp + grace`, `Duration::from_secs(exp - now)`, an
+///   `Instant` that far ahead) can never overflow.
+/// - Negative numbers and anything that is not a number are malformed (`None`, refused
+///   as `token_invalid`). A number beyond f64 (`1e400`) is refused earlier, by the JSON
+///   parser, as malformed claims.
 fn numeric_date(v: &serde_json::Value) -> Option<u64> {
-    match v {
-        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64)),
-        _ => None,
-    }
+    let serde_json::Value::Number(n) = v else { return None };
+    let secs = match n.as_u64() {
+        Some(u) => u,
+        None => {
+            let f = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+            // Saturating cast; the clamp below bounds it anyway.
+            f.min(MAX_UNIX as f64) as u64
+        }
+    };
+    Some(secs.min(MAX_UNIX))
 }
 
 pub struct Key {
@@ -203,6 +224,11 @@ impl Verifier {
             return Err(TokenError::Invalid("malformed"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed_header"))?;
+        if has_crit(token) {
+            // RFC 7515 section 4.1.11: we understand no extension, so a token that
+            // requires one must be refused, whatever `crit` lists.
+            return Err(TokenError::Invalid("crit_header"));
+        }
         let key = self.select_key(header.kid.as_deref(), extra)?;
         if header.alg != key.alg {
             // Pins the algorithm to the key: no `none`, no HS/RS confusion.
@@ -262,6 +288,21 @@ impl Verifier {
     }
 }
 
+/// Whether the protected header has a `crit` member (any value, `null` included).
+/// The header segment is decoded again here because jsonwebtoken's `Header` reads a
+/// `crit: null` as absent.
+fn has_crit(token: &str) -> bool {
+    use base64::Engine as _;
+    let segment = token.split('.').next().unwrap_or_default();
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else { return true };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json) {
+        Ok(members) => members.contains_key("crit"),
+        // decode_header parsed it already; a header that parses there and not here is
+        // not one to trust.
+        Err(_) => true,
+    }
+}
+
 /// Keys by kid (from a JWKS document).
 pub type KeySet = HashMap<String, Arc<Key>>;
 
@@ -273,9 +314,11 @@ pub fn token_kid(token: &str) -> Option<String> {
 /// Parses a JWKS document (RFC 7517) into keys. Only public keys of the algorithms we
 /// support are taken: a key needs a `kid` and an algorithm (its `alg`, or inferred from
 /// an EC curve, RSA, or Ed25519); symmetric (`oct`) keys are refused, since a JWKS is
-/// public. Returns the keys and how many entries were skipped.
+/// public. Keys meant for something other than signatures are skipped: `use` other than
+/// `sig` (`enc`, say), or a `key_ops` list without `verify`. Returns the keys and how many
+/// entries were skipped.
 pub fn parse_jwks(json: &[u8]) -> Result<(KeySet, usize), String> {
-    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyOperations, PublicKeyUse};
     let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = KeySet::new();
     let mut skipped = 0;
@@ -284,6 +327,12 @@ pub fn parse_jwks(json: &[u8]) -> Result<(KeySet, usize), String> {
             skipped += 1;
             continue;
         };
+        let for_signatures = matches!(jwk.common.public_key_use, None | Some(PublicKeyUse::Signature))
+            && jwk.common.key_operations.as_ref().is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+        if !for_signatures {
+            skipped += 1;
+            continue;
+        }
         let inferred = match &jwk.algorithm {
             AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
                 EllipticCurve::P256 => Some(Algorithm::ES256),

@@ -215,11 +215,42 @@ impl Policy {
         if trimmed.starts_with('{') {
             serde_json::from_str(text).map_err(|e| PolicyError::parse(e.to_string()))
         } else {
-            serde_yaml::from_str(text).map_err(|e| PolicyError::parse(e.to_string()))
+            serde_yaml_ng::from_str(text).map_err(|e| PolicyError::parse(e.to_string()))
         }
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_errors_name_the_field_and_line() {
+        let e = Policy::from_yaml_or_json("limits:\n  max_conections: 5\n").expect_err("typo refused");
+        assert_eq!(e.field, "document");
+        assert!(e.message.contains("unknown field `max_conections`") && e.message.contains("line 2"), "{}", e.message);
+        let e = Policy::from_yaml_or_json("limits:\n  max_connections: many\n").expect_err("type refused");
+        assert!(e.message.contains("limits.max_connections: invalid type"), "{}", e.message);
+        let e = Policy::from_yaml_or_json("a: 1\n---\nb: 2\n").expect_err("two documents refused");
+        assert_eq!(e.field, "document");
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let mut p = Policy::default();
+        p.origins.allow = vec!["https://app.example.com".into(), "https://*.example.com".into()];
+        p.auth.issuer = Some("https://auth.example.com".into());
+        p.auth.keys =
+            vec![KeyDoc { kid: "2026-11".into(), alg: "HS256".into(), public_key_pem: None, secret_base64: Some("c2VjcmV0: yes".into()) }];
+        p.revocations =
+            vec![Revocation { sub: Some("no".into()), jti: None, issued_before: Some("2026-11-25T10:00:00Z".into()), expires: None }];
+        let text = p.to_yaml();
+        assert_eq!(Policy::from_yaml_or_json(&text), Ok(p.clone()), "{text}");
+        let json = serde_json::to_string(&p).expect("json");
+        assert_eq!(Policy::from_yaml_or_json(&json), Ok(p));
     }
 }

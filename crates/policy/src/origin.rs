@@ -35,6 +35,42 @@ impl Origin {
         let host = normalise_host(host)?;
         Some(Origin { scheme, host, port })
     }
+
+    /// The canonical serialization: `scheme://host`, with `:port` only when it is not the
+    /// scheme's default (`https://app.example.com`, `http://localhost:8080`). It parses
+    /// back to the same `Origin`, and is what a browser sends for that origin.
+    pub fn normalized(&self) -> String {
+        let default_port = match self.scheme.as_str() {
+            "https" | "wss" => 443,
+            _ => 80,
+        };
+        if self.port == default_port {
+            format!("{}://{}", self.scheme, self.host)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.normalized())
+    }
+}
+
+/// Whether two serialized origins are the same origin once normalised (scheme and host
+/// lowercased, a trailing dot or lone trailing slash dropped, the scheme's default port
+/// written or not): `https://App.example.com` and `https://app.example.com:443/` are.
+/// Anything [`Origin::parse`] refuses (`null`, a path, an unknown scheme) is the same
+/// origin as nothing, itself included.
+///
+/// For a ticket's Origin binding: compare the Origin presented at the handshake with the
+/// one given at minting (better still, store [`Origin::normalized`] at minting).
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (Origin::parse(a.trim()), Origin::parse(b.trim())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
@@ -175,11 +211,104 @@ mod tests {
         }
     }
 
+    #[test]
+    fn same_origin_compares_normalised_forms() {
+        for (a, b) in [
+            ("https://App.example.com", "https://app.example.com"),
+            ("HTTPS://APP.EXAMPLE.COM", "https://app.example.com"),
+            ("https://app.example.com:443", "https://app.example.com"),
+            ("https://app.example.com/", "https://app.example.com"),
+            ("https://app.example.com.", "https://app.example.com"),
+            ("http://app.example.com:80", "http://app.example.com"),
+            ("https://app.example.com:8443", "https://APP.example.com:8443"),
+            ("https://[2001:DB8::1]", "https://[2001:db8::1]:443"),
+        ] {
+            assert!(same_origin(a, b), "{a} vs {b}");
+            assert!(same_origin(b, a), "{b} vs {a}");
+        }
+        for (a, b) in [
+            ("https://app.example.com", "http://app.example.com"),
+            ("https://app.example.com", "https://app.example.com:8443"),
+            ("https://app.example.com", "https://evil.example.com"),
+            ("https://app.example.com", "https://app.example.com.evil.net"),
+            ("http://app.example.com:443", "https://app.example.com"),
+            ("null", "null"),
+            ("", ""),
+            ("https://app.example.com/path", "https://app.example.com/path"),
+        ] {
+            assert!(!same_origin(a, b), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn normalized_form() {
+        let n = |s: &str| Origin::parse(s).expect("origin").normalized();
+        assert_eq!(n("HTTPS://App.Example.COM:443/"), "https://app.example.com");
+        assert_eq!(n("http://app.example.com:80"), "http://app.example.com");
+        assert_eq!(n("https://app.example.com:8443"), "https://app.example.com:8443");
+        assert_eq!(n("http://app.example.com:443"), "http://app.example.com:443");
+        assert_eq!(n("wss://x.example.com:443"), "wss://x.example.com");
+        assert_eq!(n("https://[2001:DB8::1]:443"), "https://[2001:db8::1]");
+        assert_eq!(n("https://app.example.com."), "https://app.example.com");
+    }
+
+    fn origin_text() -> impl Strategy<Value = String> {
+        (
+            "(?i)(https?|wss?)",
+            proptest::collection::vec("[a-zA-Z0-9_-]{1,10}", 1..4),
+            proptest::option::of(0u16..=u16::MAX),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(scheme, labels, port, dot, slash)| {
+                let mut s = format!("{scheme}://{}", labels.join("."));
+                if dot {
+                    s.push('.');
+                }
+                if let Some(p) = port {
+                    s.push_str(&format!(":{p}"));
+                }
+                if slash {
+                    s.push('/');
+                }
+                s
+            })
+    }
+
+    fn flip_case(s: &str, mask: &[bool]) -> String {
+        s.chars().zip(mask.iter().cycle()).map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() }).collect()
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(s in ".{0,80}") {
             let _ = Origin::parse(&s);
             let _ = m(&["https://*.example.com"]).allows(Some(&s));
+            let _ = same_origin(&s, "https://app.example.com");
+        }
+
+        #[test]
+        fn same_origin_is_reflexive(s in origin_text(), junk in ".{0,40}") {
+            for x in [s.as_str(), junk.as_str()] {
+                if let Some(o) = Origin::parse(x) {
+                    prop_assert!(same_origin(x, x), "{}", x);
+                    // The normalised form parses back to the same origin and matches.
+                    let n = o.normalized();
+                    prop_assert_eq!(Origin::parse(&n), Some(o));
+                    prop_assert!(same_origin(&n, x), "{} vs {}", n, x);
+                    prop_assert_eq!(Origin::parse(&n).map(|o| o.normalized()), Some(n));
+                } else {
+                    prop_assert!(!same_origin(x, x), "{}", x);
+                }
+            }
+        }
+
+        #[test]
+        fn host_case_does_not_matter(s in origin_text(), mask in proptest::collection::vec(any::<bool>(), 1..16)) {
+            prop_assume!(Origin::parse(&s).is_some());
+            let other = flip_case(&s, &mask);
+            prop_assert!(same_origin(&s, &other), "{} vs {}", s, other);
+            prop_assert!(m(&[s.as_str()]).allows(Some(&other)));
         }
     }
 }

@@ -84,10 +84,7 @@ fn to_proto(p: &m::Policy) -> pb::Policy {
             idle_timeout_seconds: Some(l.idle_timeout_seconds),
             ping_interval_seconds: Some(l.ping_interval_seconds),
         }),
-        egress: Some(pb::Egress {
-            alert_bytes_per_minute: Some(p.egress.alert_bytes_per_minute),
-            action: Some(name_of(&p.egress.action)),
-        }),
+        egress: Some(pb::Egress { alert_bytes_per_minute: Some(p.egress.alert_bytes_per_minute), action: Some(name_of(&p.egress.action)) }),
         revocations: p
             .revocations
             .iter()
@@ -121,9 +118,7 @@ fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
                 .carriers
                 .iter()
                 .enumerate()
-                .map(|(i, c)| {
-                    from_name(c).ok_or_else(|| PolicyError::new(format!("auth.carriers[{i}]"), format!("unknown carrier `{c}`")))
-                })
+                .map(|(i, c)| from_name(c).ok_or_else(|| PolicyError::new(format!("auth.carriers[{i}]"), format!("unknown carrier `{c}`"))))
                 .collect::<Result<_, _>>()?;
         }
         d.issuer = a.issuer.clone();
@@ -256,7 +251,10 @@ revocations:
             assert_eq!(from_name::<m::Carrier>(c.as_str()), Some(c));
         }
         assert_eq!(name_of(&m::EgressAction::Disconnect), "disconnect");
-        let p = pb::Policy { auth: Some(pb::Auth { carriers: vec!["query".into(), "smoke".into()], ..Default::default() }), ..Default::default() };
+        let p = pb::Policy {
+            auth: Some(pb::Auth { carriers: vec!["query".into(), "smoke".into()], ..Default::default() }),
+            ..Default::default()
+        };
         assert_eq!(m::Policy::try_from(&p).map(|_| ()).map_err(|e| e.field), Err("auth.carriers[1]".to_string()));
     }
 
