@@ -56,12 +56,13 @@ async fn etcd_node(etcd: &Etcd, policy_doc: Option<&palisade_policy::Policy>, tt
         e.lease_ttl_seconds = ttl;
         e.labels.insert("zone".into(), "test-a".into());
         cfg.etcd = Some(e);
+        cfg.drain_deadline_seconds = 2;
     })
     .await
 }
 
 fn node_key(node: &TestNode) -> String {
-    format!("/palisade/test/nodes/{}", node.handle.state.id)
+    format!("/palisade/test/nodes/{}", node.handle.state.id())
 }
 
 /// The lease of `key` and its remaining TTL, once the key exists under a live lease.
@@ -134,7 +135,7 @@ async fn node_registers_under_a_lease_and_deregisters_before_sessions_close() {
     let (lease, _) = eventually(Duration::from_secs(5), "the node's key under a live lease", || live_lease(&etcd, &k)).await;
     let (value, _, _) = etcd.get(&k).await.expect("key");
     let record: serde_json::Value = serde_json::from_slice(&value).expect("JSON record");
-    assert_eq!(record["id"], node.handle.state.id.as_str());
+    assert_eq!(record["id"], node.handle.state.id());
     assert_eq!(record["wss"], format!("wss://127.0.0.1:{}", node.addr.port()));
     assert_eq!(record["control"], "", "no control listener");
     assert_eq!(record["version"], env!("CARGO_PKG_VERSION"));
@@ -147,8 +148,7 @@ async fn node_registers_under_a_lease_and_deregisters_before_sessions_close() {
     let auth = bearer(&key.token(json!({})));
     let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &auth)]).await.expect("session");
     echo_once(&mut ws, "before drain").await;
-    let state = node.handle.state.clone();
-    let drain = tokio::spawn(async move { palisade_node::node::drain(&state, Duration::from_secs(2)).await });
+    let drain = node.handle.start_drain();
     assert_eq!(close_code(&mut ws, Duration::from_secs(10)).await, Some(1001));
     assert!(etcd.get(&k).await.is_none(), "deregistered before the sessions were closed");
     let resp = c.lease_time_to_live(lease, None).await.expect("ttl");
@@ -211,7 +211,7 @@ async fn etcd_outage_disconnects_nobody_and_the_node_registers_again() {
     echo_once(&mut ws, "before the outage").await;
 
     etcd.stop();
-    let cluster = node.handle.state.etcd.clone().expect("etcd configured");
+    let cluster = node.handle.state.etcd().cloned().expect("etcd configured");
     let mut registered = cluster.registered();
     tokio::time::timeout(Duration::from_secs(10), registered.wait_for(|r| !*r)).await.expect("the node notices").expect("watch");
     // SPEC section 12: a 30 s outage, ten times the lease TTL. The session is used all
@@ -255,14 +255,14 @@ async fn policy_in_etcd_reaches_the_node_and_an_invalid_one_is_rejected() {
     assert_eq!((r.status, r.code.as_str()), (503, "unavailable"));
 
     let v1 = etcd.put("/palisade/test/policy", policy(&[&a]).to_yaml()).await;
-    eventually(Duration::from_secs(5), "policy v1 applied", || async { (state.policy.version() == v1 as u64).then_some(()) }).await;
+    eventually(Duration::from_secs(5), "policy v1 applied", || async { (state.policy().version() == v1 as u64).then_some(()) }).await;
     let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &token_a)]).await.expect("key a accepted");
     echo_once(&mut ws, "v1").await;
 
     // JSON works as well as YAML; the new key replaces the old one.
     let json_doc = serde_json::to_string(&serde_yaml_doc_to_json(&policy(&[&b]).to_yaml())).expect("json");
     let v2 = etcd.put("/palisade/test/policy", json_doc).await;
-    eventually(Duration::from_secs(5), "policy v2 applied", || async { (state.policy.version() == v2 as u64).then_some(()) }).await;
+    eventually(Duration::from_secs(5), "policy v2 applied", || async { (state.policy().version() == v2 as u64).then_some(()) }).await;
     let r = refused(node.ws("/echo", &[ORIGIN, ("Authorization", &token_a)]).await);
     assert_eq!((r.status, r.code.as_str()), (403, "token_invalid"));
     node.ws("/echo", &[ORIGIN, ("Authorization", &token_b)]).await.expect("key b accepted");
@@ -271,14 +271,14 @@ async fn policy_in_etcd_reaches_the_node_and_an_invalid_one_is_rejected() {
     let mut bad = policy(&[&b]);
     bad.auth.keys[0].alg = "none".into();
     let v3 = etcd.put("/palisade/test/policy", bad.to_yaml()).await;
-    let id = state.id.clone();
+    let id = state.id().to_owned();
     let rejected = eventually(Duration::from_secs(5), "policy_rejected logged", || {
         let id = id.clone();
         async move { log_lines(&id, "policy_rejected").into_iter().find(|l| l["version"] == v3) }
     })
     .await;
     assert!(rejected["field"].as_str().is_some_and(|f| f.starts_with("auth.keys")), "names the field: {rejected}");
-    assert_eq!(state.policy.version(), v2 as u64);
+    assert_eq!(state.policy().version(), v2 as u64);
     node.ws("/echo", &[ORIGIN, ("Authorization", &token_b)]).await.expect("the last good policy keeps serving");
     // Not even YAML.
     let v4 = etcd.put("/palisade/test/policy", "origins: [unclosed").await;
@@ -287,7 +287,7 @@ async fn policy_in_etcd_reaches_the_node_and_an_invalid_one_is_rejected() {
         async move { log_lines(&id, "policy_rejected").into_iter().find(|l| l["version"] == v4) }
     })
     .await;
-    assert_eq!(state.policy.version(), v2 as u64);
+    assert_eq!(state.policy().version(), v2 as u64);
     echo_once(&mut ws, "the live session stays").await;
 }
 

@@ -133,7 +133,7 @@ async fn operator_verbs_across_the_fleet() {
     let (code, table, _) = f.cli(&["nodes"]).await;
     assert_eq!(code, 0);
     for n in &f.nodes {
-        assert!(table.contains(&n.handle.state.id), "{table}");
+        assert!(table.contains(&n.handle.state.id()), "{table}");
     }
 
     let mut alices = Vec::new();
@@ -151,18 +151,18 @@ async fn operator_verbs_across_the_fleet() {
     assert_eq!(code, 0);
     assert!(diff.contains("+  - https://new.example.org") || diff.contains("https://new.example.org"), "{diff}");
     // A dry run validates on every node and changes nothing.
-    let before = f.nodes[0].handle.state.policy.version();
+    let before = f.nodes[0].handle.state.policy().version();
     let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p"), "--dry-run"]).await;
     assert_eq!(r["converged"], true, "{r}");
     for n in &f.nodes {
-        assert_eq!(n.handle.state.policy.version(), before);
+        assert_eq!(n.handle.state.policy().version(), before);
     }
     let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await;
     assert_eq!(r["converged"], true, "{r}");
     let version = r["version"].as_u64().expect("version");
     assert_eq!(r["nodes"].as_array().map(Vec::len), Some(3));
     for n in &f.nodes {
-        assert_eq!(n.handle.state.policy.version(), version, "every node reports the new version");
+        assert_eq!(n.handle.state.policy().version(), version, "every node reports the new version");
     }
     let got = f.json(&["policy", "get"]).await;
     assert_eq!(got["version"].as_u64(), Some(version));
@@ -177,7 +177,7 @@ async fn operator_verbs_across_the_fleet() {
     assert_eq!(on.len(), 3, "one on every node");
     let all = f.json(&["connections"]).await;
     assert_eq!(all["connections"].as_array().map(Vec::len), Some(4));
-    let node0 = f.nodes[0].handle.state.id.clone();
+    let node0 = f.nodes[0].handle.state.id().to_owned();
     let on0 = f.json(&["connections", "--node", &node0]).await;
     assert_eq!(on0["connections"].as_array().map(Vec::len), Some(2), "alice and bob on the first node");
     let (code, table, _) = f.cli(&["connections", "--user", "alice"]).await;
@@ -243,7 +243,7 @@ async fn operator_verbs_across_the_fleet() {
     assert_eq!(code, 2);
 
     // Drain one node through the controller.
-    let id = f.nodes[2].handle.state.id.clone();
+    let id = f.nodes[2].handle.state.id().to_owned();
     let r = f.json(&["drain", &id]).await;
     assert_eq!(r["node"], id.as_str());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

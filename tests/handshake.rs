@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
-use palisade_testkit::{Message, TestKey, TestNode, next_data, policy, refused, upgrade_request};
+use palisade_testkit::{Message, TestKey, TestNode, eventually, next_data, policy, refused, upgrade_request};
 use serde_json::json;
 
 const ORIGIN: (&str, &str) = ("Origin", "https://app.example.com");
@@ -121,15 +121,20 @@ async fn no_policy_fails_closed_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_node_refuses_with_503() {
     let key = TestKey::generate("k1", "ES256");
-    let node = TestNode::start(Some(&policy(&[&key])), |c| c.drain_deadline_seconds = 1).await;
+    // A long drain window, and two live sessions that keep the node draining (they are
+    // closed at random points of the window) while the new handshake is refused.
+    let node = TestNode::start(Some(&policy(&[&key])), |c| c.drain_deadline_seconds = 120).await;
     let ready = node.raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(ready.status, 200);
-    let state = node.handle.state.clone();
-    state.draining.store(true, std::sync::atomic::Ordering::Release);
+    let _a = node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&key.token(json!({"sub": "a"}))))]).await.expect("session a");
+    let _b = node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&key.token(json!({"sub": "b"}))))]).await.expect("session b");
+    let _drain = node.handle.start_drain();
+    eventually(Duration::from_secs(5), "/readyz turns 503", || async {
+        (node.raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.status == 503).then_some(())
+    })
+    .await;
     let r = refused(node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&key.token(json!({}))))]).await);
     assert_eq!((r.status, r.code.as_str()), (503, "unavailable"));
-    let ready = node.raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(ready.status, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,7 +79,7 @@ async fn jwks_keys_refetch_on_unknown_kid_without_storms() {
     assert_eq!(hits.load(Ordering::SeqCst), 1, "no fetch storm");
 
     // Rotation: the issuer publishes key b; a token naming it triggers one refetch.
-    node.handle.state.jwks.set_min_interval(Duration::from_millis(200));
+    node.handle.state.jwks().set_min_interval(Duration::from_millis(200));
     assert!(node.ws("/echo", &[ORIGIN, ("Authorization", &ta)]).await.is_ok());
     let before = hits.load(Ordering::SeqCst);
     *doc.lock().expect("lock") = serde_json::to_string(&JwkSet { keys: vec![jwk(&a), jwk(&b)] }).expect("json");

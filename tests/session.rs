@@ -98,7 +98,7 @@ async fn expiry_warning_refresh_and_4001() {
     send(&mut refreshed, "after").await;
     assert_eq!(text(&mut refreshed).await, "after");
     // The session is now found by its new token's jti.
-    let reg = &node.handle.state.registry;
+    let reg = node.handle.state.registry();
     assert_eq!(reg.list(&Selector::Session("refreshed-jti".into()), None, 10).len(), 1);
 }
 
@@ -169,19 +169,19 @@ async fn revocation_push_and_operator_commands() {
     let mut p2 = p.clone();
     p2.revocations = serde_yaml::from_str(r#"[{ sub: "mallory" }]"#).expect("yaml");
     let pushed = tokio::time::Instant::now();
-    state.policy.apply(&p2, 2, false).expect("apply");
+    state.policy().apply(&p2, 2, false).expect("apply");
     assert_eq!(close_code(&mut mallory, Duration::from_secs(1)).await, Some(4003));
     assert!(pushed.elapsed() < Duration::from_secs(1));
 
     // Server push reaches bob; an operator disconnect by session closes him with its code.
-    assert_eq!(state.registry.dispatch(&Selector::Subject("bob".into()), Command::Send { payload: "news".into(), binary: false }), 1);
+    assert_eq!(state.registry().dispatch(&Selector::Subject("bob".into()), Command::Send { payload: "news".into(), binary: false }), 1);
     assert_eq!(text(&mut bob).await, "news");
-    let listed = state.registry.list(&Selector::All, None, 10);
+    let listed = state.registry().list(&Selector::All, None, 10);
     assert_eq!(listed.len(), 2);
     assert!(listed.windows(2).all(|w| w[0].conn_id < w[1].conn_id), "sorted for paging");
-    let page = state.registry.list(&Selector::All, Some(&listed[0].conn_id), 10);
+    let page = state.registry().list(&Selector::All, Some(&listed[0].conn_id), 10);
     assert_eq!(page.len(), 1);
-    assert_eq!(state.registry.dispatch(&Selector::Session("bob-1".into()), Command::Close { code: 4100, reason: "bye".into() }), 1);
+    assert_eq!(state.registry().dispatch(&Selector::Session("bob-1".into()), Command::Close { code: 4100, reason: "bye".into() }), 1);
     assert_eq!(close_code(&mut bob, Duration::from_secs(1)).await, Some(4100));
     // Carol was never touched.
     send(&mut carol, "ok").await;
@@ -279,16 +279,16 @@ async fn slow_consumer_gets_4013_with_bounded_memory() {
     let (mut ws, _) = node.ws("/app", &[ORIGIN, ("Authorization", &auth(&key.token(json!({}))))]).await.expect("open");
     // 2,000 x 16 KiB = 32 MiB from the upstream to a client that does not read.
     send(&mut ws, "flood:2000").await;
-    while state.registry.is_empty() {
+    while state.registry().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let counters = state.registry.list(&Selector::All, None, 1)[0].counters.clone();
+    let counters = state.registry().list(&Selector::All, None, 1)[0].counters.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
-        assert!(state.registry.buffered_bytes() <= max);
+    while !state.registry().is_empty() && tokio::time::Instant::now() < deadline {
+        assert!(state.registry().buffered_bytes() <= max);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(state.registry.is_empty(), "the slow consumer was closed");
+    assert!(state.registry().is_empty(), "the slow consumer was closed");
     let peak = counters.buffered_peak.load(Ordering::Relaxed);
     assert!(peak <= max, "buffered bytes stayed under max_buffered_bytes: peak {peak}");
     assert!(peak > max - 32 * 1024, "the queue did fill up to the limit: peak {peak}");
@@ -311,7 +311,7 @@ async fn egress_alert_disconnects_the_subject() {
     send(&mut one, &"y".repeat(600)).await;
     assert_eq!(close_code(&mut one, Duration::from_secs(2)).await, Some(4003));
     assert_eq!(close_code(&mut two, Duration::from_secs(2)).await, Some(4003), "every session of the subject");
-    assert_eq!(node.handle.state.counters.egress_alerts.load(Ordering::Relaxed), 1);
+    assert_eq!(node.handle.state.counters().egress_alerts.load(Ordering::Relaxed), 1);
 
     // `action: log` (the default) alerts once and disconnects nobody.
     let mut p = policy(&[&key]);
@@ -322,7 +322,7 @@ async fn egress_alert_disconnects_the_subject() {
         send(&mut ws, &"z".repeat(600)).await;
         assert_eq!(text(&mut ws).await.len(), 600);
     }
-    assert_eq!(node.handle.state.counters.egress_alerts.load(Ordering::Relaxed), 1, "one alert per window");
+    assert_eq!(node.handle.state.counters().egress_alerts.load(Ordering::Relaxed), 1, "one alert per window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +406,7 @@ async fn control_messages_count_against_the_rate_and_limits_follow_pushes() {
     let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("open");
     let mut p2 = p.clone();
     p2.limits.messages.max_bytes = 4096;
-    node.handle.state.policy.apply(&p2, 2, false).expect("apply");
+    node.handle.state.policy().apply(&p2, 2, false).expect("apply");
     let big = "b".repeat(3000);
     // One small message first, so the reader picks up the new limit before the big one.
     send(&mut ws, "x").await;

@@ -66,6 +66,12 @@ pub struct EtcdConfig {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// etcd v3 authentication: the user (`palisade-controller` in docs/etcd.md) and the
+    /// file holding its password (read at start, never logged). Both or neither.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_etcd_timeout() -> u64 {
@@ -92,12 +98,22 @@ impl ControllerConfig {
             let endpoints = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
             match &mut cfg.etcd {
                 Some(e) => e.endpoints = endpoints,
-                None => cfg.etcd = Some(EtcdConfig { endpoints, timeout_ms: default_etcd_timeout(), ca: None, cert: None, key: None }),
+                None => {
+                    cfg.etcd = Some(EtcdConfig {
+                        endpoints,
+                        timeout_ms: default_etcd_timeout(),
+                        ca: None,
+                        cert: None,
+                        key: None,
+                        username: None,
+                        password_file: None,
+                    })
+                }
             }
         }
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         if let Some(e) = &mut cfg.etcd {
-            for p in [&mut e.ca, &mut e.cert, &mut e.key].into_iter().flatten() {
+            for p in [&mut e.ca, &mut e.cert, &mut e.key, &mut e.password_file].into_iter().flatten() {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
@@ -124,6 +140,34 @@ impl ControllerConfig {
         if self.etcd.as_ref().is_some_and(|e| e.endpoints.is_empty()) {
             return Err(ConfigError::Invalid("etcd.endpoints: at least one endpoint".into()));
         }
+        if let Some(e) = &self.etcd {
+            if e.username.is_some() != e.password_file.is_some() {
+                return Err(ConfigError::Invalid("etcd.username and etcd.password_file go together".into()));
+            }
+            if e.username.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Invalid("etcd.username: must not be empty".into()));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControllerConfig;
+
+    #[test]
+    fn etcd_user_and_password_file_go_together() {
+        let check = |extra: &str| {
+            let mut c: ControllerConfig = toml::from_str(&format!("[etcd]\nendpoints = [\"http://e:2379\"]\n{extra}")).expect("parses");
+            c.insecure = true;
+            c.validate()
+        };
+        assert!(check("").is_ok());
+        assert!(check("username = \"palisade-controller\"\npassword_file = \"pw\"\n").is_ok());
+        for bad in ["username = \"palisade-controller\"\n", "password_file = \"pw\"\n", "username = \"\"\npassword_file = \"pw\"\n"] {
+            let e = check(bad).err().expect("refused");
+            assert!(e.to_string().contains("etcd.username") || e.to_string().contains("etcd.password_file"), "{bad}: {e}");
+        }
     }
 }

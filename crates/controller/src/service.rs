@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use palisade_plane::ControlTls;
 use palisade_policy::Policy;
+use palisade_policy::wire;
 use palisade_proto::controller::v1 as pb;
 use palisade_proto::controller::v1::fleet_control_server::{FleetControl, FleetControlServer};
-use palisade_policy::wire;
 use palisade_proto::node::v1 as npb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,7 +52,6 @@ impl ControllerHandle {
     }
 }
 
-
 impl Controller {
     pub fn new(cluster: String, directory: Arc<Directory>, store: PolicyStore, concurrency: usize) -> Arc<Controller> {
         Arc::new(Controller { cluster, directory, store, concurrency, policy_lock: tokio::sync::Mutex::new(()) })
@@ -73,6 +72,7 @@ impl Controller {
                     e.ca.as_deref(),
                     e.cert.as_deref(),
                     e.key.as_deref(),
+                    e.username.as_deref().zip(e.password_file.as_deref()),
                 )
                 .map_err(|e| e.to_string())?;
                 let client = etcd_client::Client::connect(&e.endpoints, Some(opts)).await.map_err(|e| format!("etcd: {e}"))?;
@@ -99,6 +99,8 @@ impl Controller {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetControlServer<Service>>().await;
         let svc = FleetControlServer::new(Service { c: self.clone() }).max_decoding_message_size(4 * 1024 * 1024);
+        // Operators of the controller's cluster only.
+        let access = tls.as_ref().map(|_| palisade_plane::Access::controller(&self.cluster));
         let task = tokio::spawn(async move {
             let _health = health;
             if let Err(e) = palisade_plane::grpc::serve_grpc(
@@ -107,6 +109,7 @@ impl Controller {
                 health_service,
                 listener,
                 tls,
+                access,
                 stop_rx,
             )
             .await

@@ -16,16 +16,14 @@ pub struct Attempt {
     pub query_masked: Option<String>,
     pub subject: Option<String>,
     pub carrier: Option<&'static str>,
-    /// Internal detail for operators (which check failed), never sent to the client.
-    pub reason: Option<&'static str>,
     pub trace_id: String,
 }
 
 impl Attempt {
-    pub fn new(conn_id: String, peer: SocketAddr) -> Self {
+    pub fn new(peer: SocketAddr) -> Self {
         Attempt {
             started: Instant::now(),
-            conn_id,
+            conn_id: format!("{:016x}", rand::random::<u64>()),
             peer,
             client: None,
             origin: None,
@@ -33,13 +31,13 @@ impl Attempt {
             query_masked: None,
             subject: None,
             carrier: None,
-            reason: None,
             trace_id: new_trace_id(),
         }
     }
 
-    /// Emits the record. `code` is `ok` for an accepted handshake.
-    pub fn emit(&self, node: &str, accepted: bool, status: u16, code: &str) {
+    /// Emits the record. `code` is `ok` for an accepted handshake; `reason` is the
+    /// internal detail for operators (which check failed), never sent to the client.
+    pub fn emit(&self, node: &str, accepted: bool, status: u16, code: &str, reason: &str) {
         let duration_us = self.started.elapsed().as_micros() as u64;
         let client = self.client.unwrap_or(self.peer.ip());
         tracing::info!(
@@ -57,7 +55,7 @@ impl Attempt {
             result = if accepted { "accepted" } else { "refused" },
             status,
             code,
-            reason = self.reason.unwrap_or(""),
+            reason,
             duration_us,
             trace_id = %self.trace_id,
         );

@@ -21,6 +21,10 @@ pub struct NodeConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients share per-IP caps and rates per prefix of this length (one host
+    /// commonly holds a whole /64). 128: per address.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix_len: u8,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// Bootstrap policy file (YAML or JSON), applied as version 1 at start when no newer
@@ -78,6 +82,12 @@ pub struct EtcdConfig {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// etcd v3 authentication: the user (`palisade-node` in docs/etcd.md) and the file
+    /// holding its password (read at start, never logged). Both or neither.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_lease_ttl() -> u64 {
@@ -98,6 +108,8 @@ impl EtcdConfig {
             ca: None,
             cert: None,
             key: None,
+            username: None,
+            password_file: None,
         }
     }
 
@@ -121,6 +133,13 @@ impl EtcdConfig {
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(field(if self.cert.is_some() { "etcd.key" } else { "etcd.cert" }, "cert and key go together"));
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            let missing = if self.username.is_some() { "etcd.password_file" } else { "etcd.username" };
+            return Err(field(missing, "username and password_file go together"));
+        }
+        if self.username.as_deref().is_some_and(str::is_empty) {
+            return Err(field("etcd.username", "must not be empty"));
         }
         if !(2..=300).contains(&self.lease_ttl_seconds) {
             return Err(field("etcd.lease_ttl_seconds", "must be between 2 and 300"));
@@ -214,6 +233,10 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid node configuration: {field}: {message}")]
     Field { field: String, message: String },
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
 }
 
 fn field(f: &str, m: impl Into<String>) -> ConfigError {
@@ -318,10 +341,14 @@ impl NodeConfig {
             fix(&mut e.ca);
             fix(&mut e.cert);
             fix(&mut e.key);
+            fix(&mut e.password_file);
         }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ipv6_prefix_len == 0 || self.ipv6_prefix_len > 128 {
+            return Err(field("ipv6_prefix_len", "must be between 1 and 128"));
+        }
         match self.tls.mode {
             TlsMode::Rustls => {
                 if self.tls.cert.is_none() {
@@ -425,6 +452,25 @@ echo = true
         let bad = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\nca = \"ca.pem\"\n")).expect("parses");
         assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.endpoints"));
         assert!(NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = []\nbogus = 1\n")).is_err(), "unknown fields refused");
+    }
+
+    #[test]
+    fn etcd_user_and_password_file_go_together() {
+        let section = |extra: &str| format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\n{extra}");
+        let mut cfg = NodeConfig::from_toml(&section("username = \"palisade-node\"\npassword_file = \"pw\"\n")).expect("parses");
+        cfg.validate().expect("valid");
+        cfg.resolve_paths(std::path::Path::new("/etc/palisade"));
+        let e = cfg.etcd.as_ref().expect("etcd");
+        assert_eq!(e.username.as_deref(), Some("palisade-node"));
+        assert_eq!(e.password_file.as_deref(), Some(std::path::Path::new("/etc/palisade/pw")));
+        for (extra, missing) in [
+            ("username = \"palisade-node\"\n", "etcd.password_file"),
+            ("password_file = \"pw\"\n", "etcd.username"),
+            ("username = \"\"\npassword_file = \"pw\"\n", "etcd.username"),
+        ] {
+            let bad = NodeConfig::from_toml(&section(extra)).expect("parses");
+            assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == missing), "{extra}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use palisade_plane::ControlTls;
 use palisade_plane::grpc::serve_grpc;
+use palisade_plane::{Access, ControlTls};
 
 use crate::policy_store::ApplyError;
 use crate::registry::{Command, Selector, SessionInfo};
@@ -33,7 +33,11 @@ pub async fn spawn(
     let svc = NodeControlServer::new(NodeControlService { state: state.clone() }).max_decoding_message_size(4 * 1024 * 1024);
     tokio::spawn(async move {
         let _health = health; // keeps the serving status registered
-        if let Err(e) = serve_grpc("palisade.node.v1.NodeControl", move |r| r.add_service(svc), health_service, listener, tls, stop).await {
+        // The controller and operators of the node's cluster; a node's certificate calls nothing.
+        let access = tls.as_ref().map(|_| Access::node(&state.cluster));
+        if let Err(e) =
+            serve_grpc("palisade.node.v1.NodeControl", move |r| r.add_service(svc), health_service, listener, tls, access, stop).await
+        {
             tracing::error!(event = "control_plane_failed", node = %state.id, error = %e);
         }
     })
@@ -197,7 +201,7 @@ impl NodeControl for NodeControlService {
         };
         let at_start = self.state.registry.len() as u32;
         let state = self.state.clone();
-        tokio::spawn(async move { crate::node::drain(&state, deadline).await });
+        tokio::spawn(async move { crate::drain::drain(&state, deadline).await });
         Ok(Response::new(pb::DrainResponse { sessions_at_start: at_start }))
     }
 }

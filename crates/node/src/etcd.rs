@@ -46,9 +46,12 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Prepares the connection (reads the TLS files); nothing is sent until first use.
+    /// Prepares the connection (reads the TLS and password files); nothing is sent until
+    /// first use.
     pub fn new(cfg: &EtcdConfig, cluster: &str, node_id: &str) -> Result<Etcd, ClusterError> {
-        let options = palisade_plane::etcd::connect_options(cfg.timeout(), cfg.ca.as_deref(), cfg.cert.as_deref(), cfg.key.as_deref())?;
+        let user = cfg.username.as_deref().zip(cfg.password_file.as_deref());
+        let options =
+            palisade_plane::etcd::connect_options(cfg.timeout(), cfg.ca.as_deref(), cfg.cert.as_deref(), cfg.key.as_deref(), user)?;
         Ok(Etcd {
             cfg: cfg.clone(),
             options,
@@ -96,4 +99,3 @@ impl Etcd {
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
-

@@ -43,12 +43,6 @@ impl ClientStream {
             self.prefix = rest;
         }
     }
-    pub fn tcp(&self) -> &TcpStream {
-        match &self.inner {
-            Inner::Tls(s) => s.get_ref().0,
-            Inner::Plain(s) => s,
-        }
-    }
 }
 
 /// Serves bytes read ahead of a codec (`prefix`) before the stream itself; returns whether
@@ -136,6 +130,15 @@ impl AsyncWrite for ClientStream {
             Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -285,6 +288,11 @@ pub async fn read_body(stream: &mut ClientStream, mut already: BytesMut, len: us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc6455_example() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 
     #[test]
     fn parses_head_and_query() {

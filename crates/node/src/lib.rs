@@ -1,26 +1,32 @@
-//! The Palisade edge node: WSS listener, handshake gate (SPEC section 3), sessions
-//! (section 4), the session registry and the in-process ticket store.
+//! The Palisade edge node: the WSS listener, the gate (SPEC section 3), sessions (section
+//! 4), the upstream bridge, the session registry, tickets, the node control plane
+//! (section 6) and cluster state in etcd (section 8).
+//!
+//! Public: what the binary and the tests drive (`Node`, `NodeHandle`, the configuration,
+//! and the interfaces the control plane itself uses: the policy store and the registry).
 
-pub mod audit;
+mod audit;
 pub mod cluster;
 pub mod config;
-pub mod control;
-pub mod egress;
+mod control;
+mod drain;
+mod egress;
 pub mod etcd;
-pub mod handshake;
-pub mod http;
+mod gate;
+mod handshake;
+mod http;
 pub mod jwks;
-pub mod limiter;
+mod limiter;
 pub mod node;
 pub mod policy_store;
-pub mod refusal;
+mod refusal;
 pub mod registry;
-pub mod server;
-pub mod session;
+mod server;
+mod session;
 pub mod state;
-pub mod tickets;
-pub mod tls;
-pub mod upstream;
+mod tickets;
+mod tls;
+mod upstream;
 
 pub use config::NodeConfig;
 pub use node::{Node, NodeHandle};

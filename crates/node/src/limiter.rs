@@ -104,6 +104,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> Slots<K> {
         Some(Slot { slots: self.clone(), key: Some(key) })
     }
 
+    #[cfg(test)]
     pub fn count(&self, key: &K) -> u64 {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0)
     }

@@ -15,7 +15,7 @@ use crate::config::{NodeConfig, RouteConfig};
 use crate::limiter::{RateLimiter, Slots};
 use crate::policy_store::PolicyStore;
 use crate::registry::Registry;
-use crate::tickets::Tickets;
+use crate::tickets::store::Tickets;
 
 pub enum RouteKind {
     Echo,
@@ -66,34 +66,34 @@ pub struct Counters {
 }
 
 pub struct NodeState {
-    pub id: String,
-    pub cluster: String,
-    pub config: NodeConfig,
-    pub started: SystemTime,
-    pub policy: PolicyStore,
-    pub routes: HashMap<String, Arc<Route>>,
-    pub trusted: TrustedProxies,
-    pub ip_rate: RateLimiter<IpAddr>,
-    pub user_rate: RateLimiter<String>,
-    pub ip_slots: Arc<Slots<IpAddr>>,
-    pub user_slots: Arc<Slots<String>>,
+    pub(crate) id: String,
+    pub(crate) cluster: String,
+    pub(crate) config: NodeConfig,
+    pub(crate) started: SystemTime,
+    pub(crate) policy: PolicyStore,
+    pub(crate) routes: HashMap<String, Arc<Route>>,
+    pub(crate) trusted: TrustedProxies,
+    pub(crate) ip_rate: RateLimiter<IpAddr>,
+    pub(crate) user_rate: RateLimiter<String>,
+    pub(crate) ip_slots: Arc<Slots<IpAddr>>,
+    pub(crate) user_slots: Arc<Slots<String>>,
     /// Open client connections, including those still in the handshake.
-    pub open: AtomicU64,
-    pub refusal_lane: Arc<Semaphore>,
-    pub draining: AtomicBool,
-    pub drain_tx: watch::Sender<bool>,
+    pub(crate) open: AtomicU64,
+    pub(crate) refusal_lane: Arc<Semaphore>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) drain_tx: watch::Sender<bool>,
     /// Stops the listeners (WSS and control).
-    pub stop_tx: watch::Sender<bool>,
+    pub(crate) stop_tx: watch::Sender<bool>,
     /// One-time tickets: in etcd when `[etcd]` is configured (shared by the fleet), else
     /// in memory.
-    pub tickets: Tickets,
+    pub(crate) tickets: Tickets,
     /// The cluster store (`[etcd]`): registration, the policy watch, tickets.
-    pub etcd: Option<Arc<crate::etcd::Etcd>>,
-    pub registry: Registry,
-    pub counters: Counters,
-    pub egress: crate::egress::EgressMeter,
+    pub(crate) etcd: Option<Arc<crate::etcd::Etcd>>,
+    pub(crate) registry: Registry,
+    pub(crate) counters: Counters,
+    pub(crate) egress: crate::egress::EgressMeter,
     /// Keys from the policy's `auth.jwks_url`, when it has one.
-    pub jwks: crate::jwks::JwksHolder,
+    pub(crate) jwks: crate::jwks::JwksHolder,
 }
 
 impl NodeState {
@@ -136,6 +136,46 @@ impl NodeState {
         }))
     }
 
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The live policy (the `ApplyPolicy` RPC and the etcd watch write it).
+    pub fn policy(&self) -> &PolicyStore {
+        &self.policy
+    }
+
+    /// Live sessions (what `Disconnect`, `Send` and `ListConnections` operate on).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn jwks(&self) -> &crate::jwks::JwksHolder {
+        &self.jwks
+    }
+
+    pub fn etcd(&self) -> Option<&Arc<crate::etcd::Etcd>> {
+        self.etcd.as_ref()
+    }
+
+    /// The key of `ip` for per-IP caps and rates: IPv6 addresses share one per prefix
+    /// (`ipv6_prefix_len`, default /64), since one host commonly holds a whole /64.
+    pub fn ip_key(&self, ip: IpAddr) -> IpAddr {
+        palisade_policy::client_addr::rate_key(ip, self.config.ipv6_prefix_len)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -152,7 +192,14 @@ impl NodeState {
 }
 
 /// Counts an open connection for as long as it lives.
-pub struct OpenGuard(pub Arc<NodeState>);
+pub struct OpenGuard(Arc<NodeState>);
+
+impl OpenGuard {
+    pub fn new(state: &Arc<NodeState>) -> OpenGuard {
+        state.open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(state.clone())
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::handshake::{Accepted, accept_key};
+use crate::http::accept_key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -148,18 +148,26 @@ pub struct Upstream {
     pub protocol: Option<String>,
 }
 
+/// Who the client is, as the upstream is told (SPEC section 4): never a credential.
+pub struct Identity<'a> {
+    pub subject: &'a str,
+    /// base64url JSON of the verified claims.
+    pub claims_b64: &'a str,
+    pub client: std::net::IpAddr,
+    pub conn_id: &'a str,
+}
+
 /// Connects and performs the client handshake, within `deadline`.
 pub async fn connect(
     target: &Target,
-    acc: &Accepted,
-    conn_id: &str,
+    who: &Identity<'_>,
     offered_protocols: &[String],
     deadline: Duration,
 ) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(deadline, connect_inner(target, acc, conn_id, offered_protocols)).await.map_err(|_| UpstreamError::Timeout)?
+    tokio::time::timeout(deadline, connect_inner(target, who, offered_protocols)).await.map_err(|_| UpstreamError::Timeout)?
 }
 
-async fn connect_inner(target: &Target, acc: &Accepted, conn_id: &str, offered: &[String]) -> Result<Upstream, UpstreamError> {
+async fn connect_inner(target: &Target, who: &Identity<'_>, offered: &[String]) -> Result<Upstream, UpstreamError> {
     let tcp = TcpStream::connect(&target.addr).await.map_err(UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let mut stream = match &target.tls {
@@ -176,12 +184,13 @@ async fn connect_inner(target: &Target, acc: &Accepted, conn_id: &str, offered: 
     let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         X-Palisade-Subject: {}\r\nX-Palisade-Connection: {conn_id}\r\nX-Palisade-Claims: {}\r\nX-Forwarded-For: {}\r\n",
+         X-Palisade-Subject: {}\r\nX-Palisade-Connection: {}\r\nX-Palisade-Claims: {}\r\nX-Forwarded-For: {}\r\n",
         target.path,
         target.host_header,
-        header_safe(&acc.claims.sub),
-        acc.claims.claims_b64,
-        acc.client,
+        header_safe(who.subject),
+        who.conn_id,
+        who.claims_b64,
+        who.client,
     );
     if !offered.is_empty() {
         req.push_str("Sec-WebSocket-Protocol: ");
@@ -222,6 +231,39 @@ async fn connect_inner(target: &Target, acc: &Accepted, conn_id: &str, offered: 
         return Err(UpstreamError::Handshake("selected a subprotocol that was not offered".into()));
     }
     Ok(Upstream { stream, leftover, protocol })
+}
+
+/// The upstream stream with the bytes it sent right after its 101 replayed first.
+pub struct PrefixedUpstream {
+    inner: UpstreamStream,
+    prefix: BytesMut,
+}
+
+impl PrefixedUpstream {
+    pub fn new(inner: UpstreamStream, prefix: BytesMut) -> Self {
+        PrefixedUpstream { inner, prefix }
+    }
+}
+
+impl AsyncRead for PrefixedUpstream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if crate::http::read_prefix(&mut self.prefix, buf) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PrefixedUpstream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Subjects go into a header: anything outside visible ASCII is percent-encoded.

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use palisade_node::config::{ControlConfig, Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
 use palisade_node::{Node, NodeHandle};
 
+use palisade_plane::Role;
 use palisade_plane::pki;
 
 pub struct DevOptions {
@@ -16,12 +17,21 @@ pub struct DevOptions {
 }
 
 /// The files of SPEC section 11, created when missing and reused when present.
+///
+/// Control-plane identities name their role in a URI SAN (SPEC section 6): the operator
+/// certificate `spiffe://palisade/dev/operator`, the controller's (it serves FleetControl
+/// and calls the nodes with it) `.../controller`, node `i`'s control certificate
+/// `.../node/dev-node-<i>`. The WSS certificate has no role: it is never a control
+/// identity.
 pub struct DevFiles {
+    pub dir: PathBuf,
     pub ca: PathBuf,
     pub wss_cert: PathBuf,
     pub wss_key: PathBuf,
     pub operator_cert: PathBuf,
     pub operator_key: PathBuf,
+    pub controller_cert: PathBuf,
+    pub controller_key: PathBuf,
     pub signing_key: PathBuf,
     pub policy: PathBuf,
     pub endpoints: PathBuf,
@@ -30,45 +40,124 @@ pub struct DevFiles {
 impl DevFiles {
     pub fn in_dir(dir: &Path) -> DevFiles {
         DevFiles {
+            dir: dir.to_owned(),
             ca: dir.join("ca.pem"),
             wss_cert: dir.join("wss.pem"),
             wss_key: dir.join("wss-key.pem"),
             operator_cert: dir.join("operator.pem"),
             operator_key: dir.join("operator-key.pem"),
+            controller_cert: dir.join("controller.pem"),
+            controller_key: dir.join("controller-key.pem"),
             signing_key: dir.join("signing-key.pem"),
             policy: dir.join("policy.yaml"),
             endpoints: dir.join("endpoints.json"),
         }
     }
+
+    /// The control-plane certificate and key of node `i` (1-based): `node-<i>.pem`,
+    /// `node-<i>-key.pem`.
+    pub fn node_control(&self, i: usize) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("node-{i}.pem")), self.dir.join(format!("node-{i}-key.pem")))
+    }
 }
 
-/// Writes whatever is missing. The CA key stays in `ca-key.pem` so that certificates
-/// can be added later for the same CA.
-pub fn ensure_files(dir: &Path) -> anyhow::Result<DevFiles> {
+/// The id of dev node `i` (1-based).
+pub fn node_id(i: usize) -> String {
+    format!("dev-node-{i}")
+}
+
+/// One leaf the dev directory must hold.
+struct Wanted<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    cn: &'a str,
+    dns: &'a [&'a str],
+    /// The role its URI SAN names; `None`: no role at all (the WSS certificate).
+    role: Option<Role>,
+    server: bool,
+    client: bool,
+}
+
+/// Issues `w` unless a certificate and key are there already, from this CA (`fresh_ca`
+/// false), with the right role SAN: a directory written before roles existed gets role
+/// certificates, and a WSS certificate that names a role is replaced.
+fn ensure_leaf(ca: &pki::Ca, fresh_ca: bool, w: Wanted<'_>) -> anyhow::Result<()> {
+    let current = if !fresh_ca && w.key.exists() { std::fs::read_to_string(w.cert).ok() } else { None };
+    let fits = current.is_some_and(|pem| {
+        let roles = palisade_plane::roles::roles_of_pem(&pem, CLUSTER);
+        match &w.role {
+            Some(r) => roles.contains(r),
+            None => roles.is_empty(),
+        }
+    });
+    if fits {
+        return Ok(());
+    }
+    let uris: Vec<String> = w.role.iter().map(|r| r.uri(CLUSTER)).collect();
+    let leaf = pki::new_role_leaf(ca, pki::DEV_CA_NAME, w.cn, w.dns, &uris, w.server, w.client)?;
+    // Key first, then the certificate: a reader sees the old pair or the new one.
+    pki::write_private(w.key, &leaf.key_pem)?;
+    std::fs::write(w.cert, &leaf.cert_pem)?;
+    Ok(())
+}
+
+/// Writes whatever is missing, for a fleet of `nodes` nodes. The CA key stays in
+/// `ca-key.pem` so that certificates can be added later for the same CA.
+pub fn ensure_files(dir: &Path, nodes: usize) -> anyhow::Result<DevFiles> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let f = DevFiles::in_dir(dir);
     let ca_key_path = dir.join("ca-key.pem");
-    let ca = if f.ca.exists() && ca_key_path.exists() {
-        pki::Ca { cert_pem: std::fs::read_to_string(&f.ca)?, key_pem: std::fs::read_to_string(&ca_key_path)? }
+    let (ca, fresh_ca) = if f.ca.exists() && ca_key_path.exists() {
+        (pki::Ca { cert_pem: std::fs::read_to_string(&f.ca)?, key_pem: std::fs::read_to_string(&ca_key_path)? }, false)
     } else {
         let ca = pki::new_ca(pki::DEV_CA_NAME)?;
         std::fs::write(&f.ca, &ca.cert_pem)?;
         pki::write_private(&ca_key_path, &ca.key_pem)?;
-        // A new CA invalidates every certificate it did not sign.
-        for p in [&f.wss_cert, &f.operator_cert] {
-            let _ = std::fs::remove_file(p);
-        }
-        ca
+        // A new CA invalidates every certificate it did not sign: all are issued again.
+        (ca, true)
     };
-    if !f.wss_cert.exists() || !f.wss_key.exists() {
-        let leaf = pki::new_leaf(&ca, pki::DEV_CA_NAME, "localhost", &["localhost", "127.0.0.1"], true, true)?;
-        std::fs::write(&f.wss_cert, &leaf.cert_pem)?;
-        pki::write_private(&f.wss_key, &leaf.key_pem)?;
-    }
-    if !f.operator_cert.exists() || !f.operator_key.exists() {
-        let leaf = pki::new_leaf(&ca, pki::DEV_CA_NAME, "operator", &["operator"], false, true)?;
-        std::fs::write(&f.operator_cert, &leaf.cert_pem)?;
-        pki::write_private(&f.operator_key, &leaf.key_pem)?;
+    const LOCAL: &[&str] = &["localhost", "127.0.0.1"];
+    // Server auth for the WSS listener; client auth is kept from the files written before
+    // roles existed. Either way it names no role, so it calls nothing on the control plane.
+    ensure_leaf(
+        &ca,
+        fresh_ca,
+        Wanted { cert: &f.wss_cert, key: &f.wss_key, cn: "localhost", dns: LOCAL, role: None, server: true, client: true },
+    )?;
+    ensure_leaf(
+        &ca,
+        fresh_ca,
+        Wanted {
+            cert: &f.operator_cert,
+            key: &f.operator_key,
+            cn: "operator",
+            dns: &[],
+            role: Some(Role::Operator),
+            server: false,
+            client: true,
+        },
+    )?;
+    ensure_leaf(
+        &ca,
+        fresh_ca,
+        Wanted {
+            cert: &f.controller_cert,
+            key: &f.controller_key,
+            cn: "controller",
+            dns: LOCAL,
+            role: Some(Role::Controller),
+            server: true,
+            client: true,
+        },
+    )?;
+    for i in 1..=nodes {
+        let (cert, key) = f.node_control(i);
+        let id = node_id(i);
+        ensure_leaf(
+            &ca,
+            fresh_ca,
+            Wanted { cert: &cert, key: &key, cn: &id, dns: LOCAL, role: Some(Role::Node(id.clone())), server: true, client: false },
+        )?;
     }
     if !f.signing_key.exists() {
         let (private, _) = pki::new_signing_key()?;
@@ -96,7 +185,10 @@ pub fn bootstrap_policy(public_pem: &str) -> String {
     format!("# Palisade dev bootstrap policy (SPEC section 7). Edit and restart, or push a new version.\n{}", p.to_yaml())
 }
 
-pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeConfig {
+/// The configuration of dev node `i` (1-based).
+pub fn node_config(files: &DevFiles, i: usize, upstream: Option<&str>) -> NodeConfig {
+    let id = node_id(i);
+    let (control_cert, control_key) = files.node_control(i);
     let mut routes =
         vec![RouteConfig { path: "/echo".into(), echo: true, upstream: None, upstream_ca: None, allow_binary: true, schema: None }];
     if let Some(u) = upstream {
@@ -110,8 +202,8 @@ pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeCo
         });
     }
     NodeConfig {
-        id: Some(id.into()),
-        cluster: "dev".into(),
+        id: Some(id),
+        cluster: CLUSTER.into(),
         listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: Some(([127, 0, 0, 1], 0).into()) },
         tls: TlsConfig {
             mode: TlsMode::Rustls,
@@ -120,13 +212,14 @@ pub fn node_config(files: &DevFiles, id: &str, upstream: Option<&str>) -> NodeCo
             reload_interval_ms: 2000,
         },
         trusted_proxies: Vec::new(),
+        ipv6_prefix_len: 64,
         routes,
         policy_file: Some(files.policy.clone()),
         drain_deadline_seconds: 5,
         refusal_lane: 64,
-        // The WSS certificate (localhost, 127.0.0.1; server and client auth) doubles as
-        // the node's control-plane identity; clients must chain to the dev CA.
-        control: Some(ControlConfig { cert: files.wss_cert.clone(), key: files.wss_key.clone(), ca: files.ca.clone() }),
+        // The node's own control certificate (role `node/dev-node-<i>`); callers must
+        // chain to the dev CA and be the controller or an operator.
+        control: Some(ControlConfig { cert: control_cert, key: control_key, ca: files.ca.clone() }),
         etcd: None,
         insecure_control_plane: false,
     }
@@ -165,7 +258,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
     if opts.nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
     }
-    let files = ensure_files(&opts.dir)?;
+    let files = ensure_files(&opts.dir, opts.nodes)?;
     let _ = std::fs::remove_file(&files.endpoints);
     let bootstrap = palisade_policy::Policy::from_yaml_or_json(&std::fs::read_to_string(&files.policy)?)
         .with_context(|| format!("{}", files.policy.display()))?;
@@ -193,16 +286,17 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
 
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 1..=opts.nodes {
-        let mut cfg = node_config(&files, &format!("dev-node-{i}"), opts.upstream.as_deref());
+        let mut cfg = node_config(&files, i, opts.upstream.as_deref());
         if let Some(url) = &opts.etcd {
             cfg.etcd = Some(palisade_node::config::EtcdConfig::new(vec![url.clone()]));
         }
         nodes.push(Node::bind(cfg).await?.spawn().await);
     }
 
-    // The controller: its server certificate and its client identity towards the nodes
-    // are the dev WSS certificate (localhost, 127.0.0.1; server and client auth).
-    let node_tls = palisade_plane::ControlTls::load(&files.wss_cert, &files.wss_key, &files.ca)?;
+    // The controller: `controller.pem` (role `controller`; localhost, 127.0.0.1; server and
+    // client auth) is both its FleetControl server certificate and its identity towards
+    // the nodes.
+    let node_tls = palisade_plane::ControlTls::load(&files.controller_cert, &files.controller_key, &files.ca)?;
     let directory = palisade_controller::directory::Directory::new(Some(node_tls.clone()), std::time::Duration::from_secs(5));
     let controller = palisade_controller::Controller::new(CLUSTER.into(), directory, store, 64);
     if etcd.is_none() {
@@ -216,7 +310,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
         .iter()
         .map(|h| {
             serde_json::json!({
-                "id": h.state.id,
+                "id": h.state.id(),
                 "wss": format!("wss://127.0.0.1:{}", h.wss_addr.port()),
                 "control": h.control_addr.map(|a| a.to_string()),
             })
@@ -253,7 +347,7 @@ fn print_banner(opts: &DevOptions, fleet: &DevFleet) {
     for h in &fleet.nodes {
         println!(
             "  node {:<12} wss://127.0.0.1:{}/echo   control {}",
-            h.state.id,
+            h.state.id(),
             h.wss_addr.port(),
             h.control_addr.map(|a| a.to_string()).unwrap_or_default()
         );

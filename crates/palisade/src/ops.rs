@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use palisade_policy::wire;
 use palisade_proto::controller::v1 as pb;
 use palisade_proto::controller::v1::fleet_control_client::FleetControlClient;
-use palisade_policy::wire;
 use palisade_proto::node::v1 as npb;
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

@@ -12,16 +12,25 @@ use std::time::Duration;
 
 use etcd_client::ConnectOptions;
 
+/// A file the etcd connection needs (a TLS file, the password file) could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the etcd TLS file {path}: {source}")]
+#[error("cannot read the etcd file {path}: {source}")]
 pub struct TlsFileError {
     pub path: String,
     pub source: std::io::Error,
 }
 
-/// etcd client options: timeouts, keep-alive, and TLS when a CA or a client certificate is
-/// given.
-pub fn connect_options(timeout: Duration, ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<ConnectOptions, TlsFileError> {
+/// etcd client options: timeouts, keep-alive, TLS when a CA or a client certificate is
+/// given, and etcd v3 authentication when `user` names a user and its password file
+/// (read here, once; the password is never logged). The file holds the password alone;
+/// one trailing newline is ignored.
+pub fn connect_options(
+    timeout: Duration,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    user: Option<(&str, &Path)>,
+) -> Result<ConnectOptions, TlsFileError> {
     let read = |p: &Path| std::fs::read(p).map_err(|source| TlsFileError { path: p.display().to_string(), source });
     let mut options = ConnectOptions::new()
         .with_connect_timeout(timeout)
@@ -40,7 +49,24 @@ pub fn connect_options(timeout: Duration, ca: Option<&Path>, cert: Option<&Path>
         }
         options = options.with_tls(tls);
     }
+    if let Some((name, password_file)) = user {
+        let password = read_password(password_file)?;
+        // etcd's simple tokens expire (5 minutes by default): authenticate again when
+        // a request meets an expired token.
+        options = options.with_user(name, password).with_auto_token_refresh(true);
+    }
     Ok(options)
+}
+
+/// The password in `path`, without one trailing newline; an empty password is an error.
+pub fn read_password(path: &Path) -> Result<String, TlsFileError> {
+    let err = |source| TlsFileError { path: path.display().to_string(), source };
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if password.is_empty() {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the password file is empty")));
+    }
+    Ok(password.to_owned())
 }
 
 /// The keys of one cluster.
@@ -74,6 +100,22 @@ impl Keys {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn password_file_loses_one_trailing_newline_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("palisade-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("pw");
+        for (text, want) in
+            [("s3cret\n", Some("s3cret")), ("s3cret\r\n", Some("s3cret")), ("s3 cret", Some("s3 cret")), ("\n", None), ("", None)]
+        {
+            std::fs::write(&p, text).expect("write");
+            assert_eq!(super::read_password(&p).ok().as_deref(), want, "{text:?}");
+        }
+        let e = super::read_password(&dir.join("missing")).err().expect("missing file");
+        assert!(e.to_string().contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn keys_follow_the_spec_layout() {
         let k = super::Keys::new("prod");

@@ -1,25 +1,36 @@
 //! Serving tonic services with `grpc.health.v1.Health` and server reflection in both `v1`
-//! and `v1alpha` (grpcurl 1.8 speaks only `v1alpha`). Shared by the node and the
-//! controller.
+//! and `v1alpha` (grpcurl 1.8 speaks only `v1alpha`), behind the role check of
+//! [`crate::roles`]. Shared by the node and the controller.
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
+use tower_layer::{Identity, Stack};
 
+use crate::roles::{Access, AccessLayer};
 use crate::tls::ControlTls;
+
+/// The router `serve_grpc` hands to its caller: every service added to it sits behind
+/// the [`AccessLayer`].
+pub type Router = tonic::transport::server::Router<Stack<AccessLayer, Identity>>;
 
 /// Serves the services `router_for` adds (plus health and reflection) on `listener` until
 /// `stop` turns true. Reflection advertises `service_name` and health only: the
 /// descriptor set also describes the other side's service, which is not served here.
+///
+/// `access` says which roles may call this server; it applies to every request, health
+/// and reflection included. `tls` and `access` go together: both `None` is the plain-text
+/// mode of `--insecure-control-plane`; TLS without a rule refuses every call, and so does
+/// a rule without TLS (no certificate to check).
 pub async fn serve_grpc(
     service_name: &str,
     router_for: impl FnOnce(Router) -> Router,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     listener: TcpListener,
     tls: Option<ControlTls>,
+    access: Option<Access>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let reflection = || {
@@ -38,7 +49,7 @@ pub async fn serve_grpc(
     if let Some(t) = &tls {
         builder = builder.tls_config(t.server_config())?;
     }
-    let mut router = builder.add_service(health_service);
+    let mut router = builder.layer(AccessLayer::new(service_name, tls.is_some(), access)).add_service(health_service);
     if let Ok(r) = reflection_v1 {
         router = router.add_service(r);
     }

@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
+use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 pub struct Ca {
@@ -42,13 +44,30 @@ pub fn new_ca(name: &str) -> anyhow::Result<Ca> {
     Ok(Ca { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-/// A leaf signed by `ca`: `server` for TLS servers (WSS, control plane), else a client
-/// certificate (operators, controller-to-node).
+/// A leaf signed by `ca`, without a role: `server` for TLS servers (the WSS listener),
+/// `client` for client authentication. `sans` are DNS names or IP addresses.
 pub fn new_leaf(ca: &Ca, ca_name: &str, cn: &str, sans: &[&str], server: bool, client: bool) -> anyhow::Result<Leaf> {
+    new_role_leaf(ca, ca_name, cn, sans, &[], server, client)
+}
+
+/// A leaf signed by `ca` that also names `uris` as URI SANs: a control-plane identity
+/// names its role there (`spiffe://palisade/<cluster>/...`, see [`crate::roles::Role::uri`]).
+pub fn new_role_leaf(
+    ca: &Ca,
+    ca_name: &str,
+    cn: &str,
+    dns_sans: &[&str],
+    uris: &[String],
+    server: bool,
+    client: bool,
+) -> anyhow::Result<Leaf> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::new(ca_params(ca_name)?, &ca_key);
     let key = KeyPair::generate()?;
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let mut p = CertificateParams::new(dns_sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    for u in uris {
+        p.subject_alt_names.push(SanType::URI(Ia5String::try_from(u.as_str())?));
+    }
     p.distinguished_name = dn(cn);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let mut eku = Vec::new();
@@ -87,4 +106,34 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mut f = opts.open(path)?;
     f.write_all(contents.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::roles::{Access, Refusal, Role, roles_of_pem, uri_sans};
+
+    fn der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem").1.contents
+    }
+
+    #[test]
+    fn role_leaves_carry_their_uri_san_and_plain_leaves_none() {
+        let ca = super::new_ca("t").expect("ca");
+        let uris = [Role::Operator.uri("prod"), "https://example.org/x".to_owned()];
+        let op = super::new_role_leaf(&ca, "t", "op", &["localhost"], &uris, false, true).expect("leaf");
+        assert_eq!(uri_sans(&der(&op.cert_pem)).expect("parses"), uris);
+        assert_eq!(roles_of_pem(&op.cert_pem, "prod"), [Role::Operator]);
+        assert!(roles_of_pem(&op.cert_pem, "staging").is_empty());
+        let node = super::new_role_leaf(&ca, "t", "n", &[], &[Role::Node("n1".into()).uri("prod")], true, true).expect("leaf");
+        assert_eq!(roles_of_pem(&node.cert_pem, "prod"), [Role::Node("n1".into())]);
+        let wss = super::new_leaf(&ca, "t", "localhost", &["localhost", "127.0.0.1"], true, true).expect("leaf");
+        assert!(uri_sans(&der(&wss.cert_pem)).expect("parses").is_empty());
+
+        let node_rule = Access::node("prod");
+        assert_eq!(node_rule.check(Some(&der(&op.cert_pem))), Ok(Role::Operator));
+        assert_eq!(node_rule.check(Some(&der(&node.cert_pem))), Err(Refusal::RoleNotAllowed));
+        assert_eq!(node_rule.check(Some(&der(&wss.cert_pem))), Err(Refusal::NoRole));
+        assert_eq!(Access::node("staging").check(Some(&der(&op.cert_pem))), Err(Refusal::NoRole));
+        assert_eq!(Access::controller("prod").check(Some(&der(&op.cert_pem))), Ok(Role::Operator));
+    }
 }

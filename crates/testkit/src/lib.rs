@@ -12,6 +12,7 @@ use std::time::Duration;
 use palisade_node::config::{Listen, NodeConfig, RouteConfig, TlsConfig, TlsMode};
 use palisade_node::{Node, NodeHandle};
 use palisade_plane::pki;
+pub use palisade_plane::roles::Role;
 use palisade_policy::Policy;
 use palisade_policy::mint::SigningKey;
 use palisade_policy::model::KeyDoc;
@@ -112,7 +113,9 @@ pub fn policy(keys: &[&TestKey]) -> Policy {
     p
 }
 
-/// Test PKI on disk: CA, WSS server certificate for localhost and 127.0.0.1.
+/// Test PKI on disk: CA, WSS server certificate for localhost and 127.0.0.1, and
+/// control-plane certificates that name their role (SPEC section 6) for cluster
+/// [`TEST_CLUSTER`].
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca: pki::Ca,
@@ -122,6 +125,12 @@ pub struct Pki {
 }
 
 pub const TEST_CA: &str = "Palisade test CA";
+
+/// The cluster of test nodes (and of the role SANs the test PKI issues).
+pub const TEST_CLUSTER: &str = "test";
+
+/// A certificate and its key, PEM.
+pub type CertKey = (String, String);
 
 impl Pki {
     pub fn new() -> Pki {
@@ -135,7 +144,7 @@ impl Pki {
         pki
     }
 
-    /// (Re)issues the WSS certificate with common name `cn`.
+    /// (Re)issues the WSS certificate with common name `cn` (no role SAN).
     pub fn issue_wss(&self, cn: &str) {
         let leaf = pki::new_leaf(&self.ca, TEST_CA, cn, &["localhost", "127.0.0.1"], true, false).expect("leaf");
         // Key first, then the certificate: a reload sees a consistent pair or keeps the old.
@@ -143,19 +152,80 @@ impl Pki {
         std::fs::write(&self.cert_path, &leaf.cert_pem).expect("write");
     }
 
-    /// A client certificate from this CA (operator, controller).
-    pub fn client_cert(&self, cn: &str) -> (String, String) {
-        let leaf = pki::new_leaf(&self.ca, TEST_CA, cn, &[cn], false, true).expect("leaf");
+    /// A certificate from this CA with DNS SANs `dns` and URI SANs `uris`.
+    pub fn issue(&self, cn: &str, dns: &[&str], uris: &[String], server: bool, client: bool) -> CertKey {
+        let leaf = pki::new_role_leaf(&self.ca, TEST_CA, cn, dns, uris, server, client).expect("leaf");
         (leaf.cert_pem, leaf.key_pem)
     }
 
-    /// Writes control-plane server files (cert, key for localhost/127.0.0.1) and returns the config.
+    /// A client certificate naming `role` in `cluster`.
+    pub fn role_cert_in(&self, cluster: &str, role: &Role) -> CertKey {
+        self.issue(&role.to_string().replace('/', "-"), &[], &[role.uri(cluster)], false, true)
+    }
+
+    /// A client certificate naming `role` in the test cluster.
+    pub fn role_cert(&self, role: &Role) -> CertKey {
+        self.role_cert_in(TEST_CLUSTER, role)
+    }
+
+    /// An operator client certificate of the test cluster (CLI, grpcurl), common name `cn`.
+    pub fn client_cert(&self, cn: &str) -> CertKey {
+        self.issue(cn, &[], &[Role::Operator.uri(TEST_CLUSTER)], false, true)
+    }
+
+    pub fn operator_cert(&self) -> CertKey {
+        self.role_cert(&Role::Operator)
+    }
+
+    /// The controller's client identity towards nodes.
+    pub fn controller_cert(&self) -> CertKey {
+        self.role_cert(&Role::Controller)
+    }
+
+    /// Node `id`'s control identity, as a client certificate (it must call nothing).
+    pub fn node_cert(&self, id: &str) -> CertKey {
+        self.role_cert(&Role::Node(id.to_owned()))
+    }
+
+    /// A client certificate from this CA without any role SAN.
+    pub fn no_role_cert(&self) -> CertKey {
+        self.issue("no-role", &["no-role.example"], &["spiffe://example.org/operator".to_owned()], false, true)
+    }
+
+    /// An operator of another cluster, from this same CA.
+    pub fn other_cluster_operator(&self) -> CertKey {
+        self.role_cert_in("other", &Role::Operator)
+    }
+
+    /// Writes `name.pem` and `name-key.pem` in the PKI directory and returns their paths.
+    pub fn write(&self, name: &str, (cert, key): &CertKey) -> (PathBuf, PathBuf) {
+        let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}-key.pem")));
+        std::fs::write(&k, key).expect("write");
+        std::fs::write(&c, cert).expect("write");
+        (c, k)
+    }
+
+    /// The controller's files (`control.pem`, `control-key.pem`): server and client auth
+    /// for localhost/127.0.0.1, role `controller` of the test cluster. It serves
+    /// FleetControl and calls the nodes with it.
     pub fn control_config(&self) -> palisade_node::config::ControlConfig {
-        let leaf = pki::new_leaf(&self.ca, TEST_CA, "node-control", &["localhost", "127.0.0.1"], true, true).expect("leaf");
-        let (cert, key) = (self.dir.path().join("control.pem"), self.dir.path().join("control-key.pem"));
-        std::fs::write(&cert, &leaf.cert_pem).expect("write");
-        std::fs::write(&key, &leaf.key_pem).expect("write");
+        let leaf = self.issue("controller", &["localhost", "127.0.0.1"], &[Role::Controller.uri(TEST_CLUSTER)], true, true);
+        let (cert, key) = self.write("control", &leaf);
         palisade_node::config::ControlConfig { cert, key, ca: self.ca_path.clone() }
+    }
+
+    /// Node `id`'s control-plane server files (`node-<id>.pem`): localhost/127.0.0.1, role
+    /// `node/<id>` of the test cluster (server and client auth, so that tests can prove the
+    /// role, not the key usage, is what stops it calling).
+    pub fn node_control_config(&self, id: &str) -> palisade_node::config::ControlConfig {
+        let leaf = self.issue(id, &["localhost", "127.0.0.1"], &[Role::Node(id.to_owned()).uri(TEST_CLUSTER)], true, true);
+        let (cert, key) = self.write(&format!("node-{id}"), &leaf);
+        palisade_node::config::ControlConfig { cert, key, ca: self.ca_path.clone() }
+    }
+
+    /// The WSS certificate and key (no role SAN) as a client identity.
+    pub fn wss_identity(&self) -> CertKey {
+        (std::fs::read_to_string(&self.cert_path).expect("read"), std::fs::read_to_string(&self.key_path).expect("read"))
     }
 
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
@@ -185,7 +255,7 @@ pub fn echo_route() -> RouteConfig {
 pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
     NodeConfig {
         id: Some(format!("test-node-{}", rand_bytes::<4>().iter().map(|b| format!("{b:02x}")).collect::<String>())),
-        cluster: "test".into(),
+        cluster: TEST_CLUSTER.into(),
         listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
         tls: TlsConfig {
             mode: TlsMode::Rustls,
@@ -194,6 +264,7 @@ pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
             reload_interval_ms: 100,
         },
         trusted_proxies: Vec::new(),
+        ipv6_prefix_len: 64,
         routes: vec![echo_route()],
         policy_file,
         drain_deadline_seconds: 2,
@@ -238,7 +309,7 @@ impl TestNode {
         init();
         Self::start_with_pki(pki, policy, move |cfg, pki| {
             cfg.listen.control = Some(([127, 0, 0, 1], 0).into());
-            cfg.control = Some(pki.control_config());
+            cfg.control = Some(pki.node_control_config(cfg.id.as_deref().unwrap_or("node")));
             tweak(cfg);
         })
         .await
@@ -264,11 +335,12 @@ impl TestNode {
         format!("wss://127.0.0.1:{}{}", self.addr.port(), path_and_query)
     }
 
-    /// Starts a node with its control plane on a free port, mTLS with this test CA.
+    /// Starts a node with its control plane on a free port, mTLS with this test CA (its
+    /// control certificate names role `node/<id>`; operators and the controller may call).
     pub async fn start_with_control(policy: Option<&Policy>, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
         Self::start_inner(policy, move |cfg, pki| {
             cfg.listen.control = Some(([127, 0, 0, 1], 0).into());
-            cfg.control = Some(pki.control_config());
+            cfg.control = Some(pki.node_control_config(cfg.id.as_deref().unwrap_or("node")));
             tweak(cfg);
         })
         .await
@@ -581,5 +653,18 @@ async fn serve_upstream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
             }
             _ => {}
         }
+    }
+}
+
+/// Polls `check` every 20 ms until it yields a value, or panics naming `what` once
+/// `within` has passed: tests wait on events, with a deadline, never on bare sleeps.
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(within: Duration, what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

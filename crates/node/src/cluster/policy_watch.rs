@@ -95,4 +95,3 @@ pub(super) async fn run(state: Arc<NodeState>, etcd: Arc<Etcd>) {
         }
     }
 }
-

@@ -39,10 +39,10 @@ pub fn node_record(state: &NodeState, wss: SocketAddr, control: Option<SocketAdd
 
 fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
-    .ok()
-    .map(|h| h.trim().to_owned())
-    .filter(|h| !h.is_empty())
-    .unwrap_or_else(|| "localhost".into())
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 impl Etcd {
@@ -162,4 +162,3 @@ pub(super) async fn run(state: Arc<NodeState>, etcd: Arc<Etcd>, record: NodeReco
         }
     }
 }
-

@@ -1,7 +1,4 @@
-//! One-time tickets (SPEC section 5): minted by `POST /v1/tickets` for a verified token,
-//! consumed by the first handshake that presents one.
-//!
-//! Two stores behind one API ([`Tickets`]): in memory for a node on its own (and
+//! The ticket store. Two stores behind one API ([`Tickets`]): in memory for a node on its own (and
 //! `palisade dev`), and etcd for a fleet, where a ticket minted on one node is consumed on
 //! any node exactly once (an etcd transaction) and expires with its lease. With etcd
 //! unreachable the etcd store fails closed: minting answers 503, consuming refuses.
@@ -30,7 +27,13 @@ pub enum TicketError {
     /// The store cannot be reached (etcd down or slow): fail closed.
     #[error("the ticket store is unavailable: {0}")]
     Unavailable(#[from] ClusterError),
+    /// The in-memory store holds [`MEMORY_CAPACITY`] live tickets.
+    #[error("the ticket store is full")]
+    Full,
 }
+
+/// Live tickets the in-memory store holds at most; expired ones are pruned first.
+pub const MEMORY_CAPACITY: usize = 50_000;
 
 /// The ticket store of a node: in memory, or shared by the fleet in etcd.
 pub enum Tickets {
@@ -48,7 +51,7 @@ impl Tickets {
     /// Stores `record` for `ttl` and returns the new ticket id.
     pub async fn mint(&self, record: TicketRecord, ttl: Duration) -> Result<String, TicketError> {
         match self {
-            Tickets::Memory(m) => Ok(m.mint(record, ttl)),
+            Tickets::Memory(m) => m.mint(record, ttl).ok_or(TicketError::Full),
             Tickets::Etcd(etcd) => {
                 let id = new_ticket_id();
                 let expires_unix_ms = crate::etcd::unix_ms().saturating_add(ttl.as_millis() as u64);
@@ -127,9 +130,15 @@ impl StoredTicket {
     }
 }
 
-#[derive(Default)]
 pub struct MemoryTickets {
     map: Mutex<HashMap<String, (TicketRecord, Instant)>>,
+    prune_at: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for MemoryTickets {
+    fn default() -> Self {
+        MemoryTickets { map: Mutex::default(), prune_at: std::sync::atomic::AtomicUsize::new(1024) }
+    }
 }
 
 /// A new ticket id: 256 random bits, base64url.
@@ -139,15 +148,28 @@ pub fn new_ticket_id() -> String {
 }
 
 impl MemoryTickets {
-    pub fn mint(&self, record: TicketRecord, ttl: Duration) -> String {
+    /// Stores `record` for `ttl`; `None` when [`MEMORY_CAPACITY`] live tickets are held.
+    /// Expired tickets are pruned as the store grows (amortised: every time it doubles
+    /// past 1,024 entries, and always before refusing).
+    pub fn mint(&self, record: TicketRecord, ttl: Duration) -> Option<String> {
         let id = new_ticket_id();
         let now = Instant::now();
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 10_000 {
+        if m.len() >= self.prune_at.load(std::sync::atomic::Ordering::Relaxed) || m.len() >= MEMORY_CAPACITY {
             m.retain(|_, (_, exp)| *exp > now);
+            self.prune_at.store((m.len() * 2).max(1024), std::sync::atomic::Ordering::Relaxed);
+        }
+        if m.len() >= MEMORY_CAPACITY {
+            return None;
         }
         m.insert(id.clone(), (record, now + ttl));
-        id
+        Some(id)
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Removes and returns the ticket if it exists and has not expired. A second call
@@ -229,5 +251,20 @@ mod tests {
         assert!(t.consume("../nodes/x").await.expect("store").is_none());
         let id = t.mint(record(), Duration::ZERO).await.expect("mint");
         assert!(t.consume(&id).await.expect("store").is_none(), "expired");
+    }
+
+    #[test]
+    fn the_memory_store_is_bounded_and_prunes_expired_tickets() {
+        let m = MemoryTickets::default();
+        for _ in 0..3000 {
+            assert!(m.mint(record(), Duration::ZERO).is_some());
+        }
+        assert!(m.len() <= 2048, "expired tickets are pruned as the store grows: {}", m.len());
+        let m = MemoryTickets::default();
+        for _ in 0..MEMORY_CAPACITY {
+            assert!(m.mint(record(), Duration::from_secs(60)).is_some());
+        }
+        assert!(m.mint(record(), Duration::from_secs(60)).is_none(), "full of live tickets: refused");
+        assert_eq!(m.len(), MEMORY_CAPACITY);
     }
 }

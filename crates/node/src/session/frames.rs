@@ -1,0 +1,314 @@
+//! Frames from the client, RFC 6455 section 5, read by a decoder of our own: the
+//! conformance rules a server must enforce (masked client frames, no reserved bits, known
+//! opcodes, control frames unfragmented and at most 125 bytes, valid close frames) are
+//! checked here before anything else looks at a frame, and the read buffer is released
+//! whenever a frame has been consumed, so an idle session holds no read buffer.
+//!
+//! Fragmented messages are reassembled by [`Assembler`] up to the message limit, with
+//! UTF-8 checked fragment by fragment (text fails fast). The upstream side (a client
+//! connection of ours) reads with fastwebsockets and shares the assembler.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use super::close;
+
+/// What a reader tells the session loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Message {
+        binary: bool,
+        data: Bytes,
+    },
+    /// The peer's close frame (its code; 1005 when it sent none).
+    Close(u16, String),
+    TooBig,
+    /// A protocol error (1002).
+    Invalid,
+    /// A text message that is not UTF-8 (1007).
+    InvalidUtf8,
+    /// The client's Pongs no longer fit in its outgoing buffer (4013).
+    SlowConsumer,
+    /// The client sends Pings faster than its ping rate allows (4029).
+    PingFlood,
+}
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// A frame header as the server reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: u8,
+    pub mask: [u8; 4],
+    pub len: usize,
+    /// Bytes of the header itself (2 to 14).
+    pub header_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fails the connection with 1002; the text is for the log only.
+    Protocol(&'static str),
+    /// A data frame over the message limit (1009).
+    TooBig,
+}
+
+/// Parses a client frame header from the start of `buf`; `Ok(None)` until enough bytes
+/// are there. `max_payload` bounds data frames (control frames are bounded by 125).
+pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::Protocol("reserved bits set"));
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0F;
+    if !matches!(opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
+        return Err(FrameError::Protocol("unknown opcode"));
+    }
+    // RFC 6455 section 5.1: the server MUST close the connection on an unmasked frame.
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Protocol("unmasked client frame"));
+    }
+    let control = opcode >= OP_CLOSE;
+    let (len, off) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                let len = u64::from_be_bytes(a);
+                if len >> 63 != 0 {
+                    return Err(FrameError::Protocol("payload length with the high bit set"));
+                }
+                (len, 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if control && !fin {
+        return Err(FrameError::Protocol("fragmented control frame"));
+    }
+    if control && len > 125 {
+        return Err(FrameError::Protocol("control frame over 125 bytes"));
+    }
+    if !control && len > max_payload as u64 {
+        return Err(FrameError::TooBig);
+    }
+    let Some(m) = buf.get(off..off + 4) else { return Ok(None) };
+    Ok(Some(Header { fin, opcode, mask: [m[0], m[1], m[2], m[3]], len: len as usize, header_len: off + 4 }))
+}
+
+/// XORs `buf` with the masking key (RFC 6455 section 5.3), eight bytes at a time.
+pub fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let (chunks, rest) = buf.as_chunks_mut::<8>();
+    for c in chunks {
+        *c = (u64::from_ne_bytes(*c) ^ wide).to_ne_bytes();
+    }
+    for (i, b) in rest.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+}
+
+/// One frame, unmasked.
+#[derive(Debug)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Bytes,
+}
+
+/// Close codes a peer may send (RFC 6455 section 7.4, IANA registry).
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// A close frame's payload: `(code, reason)`, 1005 for an empty one. A one-byte payload or
+/// a forbidden code is a protocol error; a reason that is not UTF-8 is 1007.
+pub fn parse_close(p: &[u8]) -> Result<(u16, String), Inbound> {
+    match p {
+        [] => Ok((close::NO_STATUS, String::new())),
+        [_] => Err(Inbound::Invalid),
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !close_code_allowed(code) {
+                return Err(Inbound::Invalid);
+            }
+            match std::str::from_utf8(reason) {
+                Ok(r) => Ok((code, r.to_owned())),
+                Err(_) => Err(Inbound::InvalidUtf8),
+            }
+        }
+    }
+}
+
+/// Reads client frames from `rd`. Between frames it holds no buffer: a poll with an
+/// empty buffer reads into a stack buffer first.
+pub struct FrameReader<R> {
+    rd: R,
+    buf: BytesMut,
+}
+
+const STACK_READ: usize = 2048;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(rd: R) -> Self {
+        FrameReader { rd, buf: BytesMut::new() }
+    }
+
+    /// Reads more bytes; `Ok(false)` at EOF.
+    async fn fill(&mut self, want: usize) -> std::io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() > 0 || want > STACK_READ {
+            self.buf.reserve(want.saturating_sub(self.buf.len()).max(64));
+            return Ok(self.rd.read_buf(&mut self.buf).await? > 0);
+        }
+        std::future::poll_fn(|cx| {
+            let mut tmp = [0u8; STACK_READ];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut self.rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    self.buf.extend_from_slice(rb.filled());
+                    Poll::Ready(Ok(!rb.filled().is_empty()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// The next frame. `Ok(None)` at a clean EOF between frames. `max_payload` is asked
+    /// when the header is there, so a limit changed while the reader waited applies.
+    pub async fn next(&mut self, max_payload: impl Fn() -> usize) -> Result<Option<Frame>, ReadError> {
+        let h = loop {
+            if let Some(h) = parse_header(&self.buf, max_payload()).map_err(ReadError::Frame)? {
+                break h;
+            }
+            if !self.fill(2).await.map_err(|_| ReadError::Io)? {
+                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Io) };
+            }
+        };
+        let total = h.header_len + h.len;
+        while self.buf.len() < total {
+            if !self.fill(total).await.map_err(|_| ReadError::Io)? {
+                return Err(ReadError::Io);
+            }
+        }
+        let mut frame = self.buf.split_to(total);
+        frame.advance(h.header_len);
+        unmask(&mut frame, h.mask);
+        if self.buf.is_empty() {
+            // Give the buffer back: the payload keeps only its own bytes alive.
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(Frame { fin: h.fin, opcode: h.opcode, payload: frame.freeze() }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    Frame(FrameError),
+    Io,
+}
+
+/// Reassembles data frames into messages, at most `limit` bytes each.
+#[derive(Default)]
+pub struct Assembler {
+    partial: Option<Partial>,
+}
+
+/// A fragmented message being reassembled.
+struct Partial {
+    binary: bool,
+    buf: BytesMut,
+    /// Bytes already known to be UTF-8 (text), so each fragment is checked once.
+    valid_up_to: usize,
+}
+
+impl Partial {
+    /// Whether the text so far can still be UTF-8: only an incomplete sequence at the end
+    /// is allowed, and not at all once `fin`.
+    fn utf8_so_far(&mut self, fin: bool) -> bool {
+        match std::str::from_utf8(&self.buf[self.valid_up_to..]) {
+            Ok(_) => {
+                self.valid_up_to = self.buf.len();
+                true
+            }
+            Err(e) if e.error_len().is_none() && !fin => {
+                self.valid_up_to += e.valid_up_to();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Assembler {
+    /// Feeds a data frame (text, binary or continuation). `Ok(None)`: more fragments to
+    /// come. `Err` ends the connection with the event it carries.
+    pub fn push(&mut self, fin: bool, opcode: u8, payload: Bytes, limit: usize) -> Result<Option<Inbound>, Inbound> {
+        match (opcode, self.partial.take()) {
+            (OP_TEXT | OP_BINARY, None) => {
+                let binary = opcode == OP_BINARY;
+                if fin {
+                    if !binary && std::str::from_utf8(&payload).is_err() {
+                        return Err(Inbound::InvalidUtf8);
+                    }
+                    return Ok(Some(Inbound::Message { binary, data: payload }));
+                }
+                let mut p = Partial { binary, buf: BytesMut::from(&payload[..]), valid_up_to: 0 };
+                if !binary && !p.utf8_so_far(false) {
+                    return Err(Inbound::InvalidUtf8);
+                }
+                self.partial = Some(p);
+                Ok(None)
+            }
+            (OP_CONTINUATION, Some(mut p)) => {
+                if p.buf.len() + payload.len() > limit {
+                    return Err(Inbound::TooBig);
+                }
+                p.buf.extend_from_slice(&payload);
+                if !p.binary && !p.utf8_so_far(fin) {
+                    return Err(Inbound::InvalidUtf8);
+                }
+                if !fin {
+                    self.partial = Some(p);
+                    return Ok(None);
+                }
+                Ok(Some(Inbound::Message { binary: p.binary, data: p.buf.freeze() }))
+            }
+            // A continuation with nothing to continue, or a new message inside a
+            // fragmented one.
+            _ => Err(Inbound::Invalid),
+        }
+    }
+}
+
+/// Activity of the client (any frame), in milliseconds since the session's epoch.
+pub struct Activity {
+    pub last_seen_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub epoch: std::time::Instant,
+}
+
+impl Activity {
+    pub fn touch(&self) {
+        self.last_seen_ms.store(self.epoch.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use super::*;
+
+/// A masked client frame.
+fn frame(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![b0];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(m | n as u8),
+        n @ 126..=65535 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        out.extend_from_slice(&mask);
+        let mut p = payload.to_vec();
+        unmask(&mut p, mask);
+        out.extend_from_slice(&p);
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+#[test]
+fn a_masked_text_frame_parses_and_unmasks() {
+    let bytes = frame(0x81, b"hello", true);
+    let h = parse_header(&bytes, 1024).expect("valid").expect("complete");
+    assert_eq!((h.fin, h.opcode, h.len, h.header_len), (true, OP_TEXT, 5, 6));
+    let mut p = bytes[h.header_len..].to_vec();
+    unmask(&mut p, h.mask);
+    assert_eq!(p, b"hello");
+}
+
+#[test]
+fn rfc6455_violations_are_protocol_errors() {
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("unmasked client frame", frame(0x81, b"hi", false)),
+        ("reserved bits set", frame(0xC1, b"hi", true)),
+        ("reserved bits set", frame(0x91, b"hi", true)),
+        ("unknown opcode", frame(0x83, b"", true)),
+        ("unknown opcode", frame(0x8B, b"", true)),
+        ("fragmented control frame", frame(0x09, b"", true)),
+        ("control frame over 125 bytes", frame(0x8A, &[0u8; 126], true)),
+        ("control frame over 125 bytes", frame(0x88, &[3u8; 200], true)),
+    ];
+    for (why, bytes) in cases {
+        assert_eq!(parse_header(bytes, 1 << 20), Err(FrameError::Protocol(why)), "{why}");
+    }
+    let mut huge = vec![0x82, 0xFF];
+    huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    huge.extend_from_slice(&[0; 4]);
+    assert!(matches!(parse_header(&huge, usize::MAX), Err(FrameError::Protocol(_))));
+}
+
+#[test]
+fn data_frames_over_the_limit_are_too_big_before_their_payload_arrives() {
+    let bytes = frame(0x82, &[7u8; 300], true);
+    assert_eq!(parse_header(&bytes[..4], 299), Err(FrameError::TooBig));
+    assert!(parse_header(&bytes, 300).expect("ok").is_some());
+}
+
+#[test]
+fn partial_headers_ask_for_more() {
+    let bytes = frame(0x82, &[7u8; 70_000], true);
+    for cut in 0..14 {
+        assert_eq!(parse_header(&bytes[..cut], usize::MAX), Ok(None), "cut at {cut}");
+    }
+    assert_eq!(parse_header(&bytes, usize::MAX).expect("ok").expect("complete").len, 70_000);
+}
+
+#[test]
+fn unmask_matches_the_bytewise_definition() {
+    let mask = [1, 2, 3, 250];
+    for len in 0..40 {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let mut fast = data.clone();
+        unmask(&mut fast, mask);
+        let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        assert_eq!(fast, slow, "len {len}");
+    }
+}
+
+#[test]
+fn close_frames_are_checked() {
+    assert_eq!(parse_close(b""), Ok((1005, String::new())));
+    assert_eq!(parse_close(&[3]), Err(Inbound::Invalid));
+    assert_eq!(parse_close(&[0x03, 0xE8, b'o', b'k']), Ok((1000, "ok".into())));
+    assert_eq!(parse_close(&[0x03, 0xED]), Err(Inbound::Invalid), "1005 is never sent");
+    assert_eq!(parse_close(&[0x03, 0xE8, 0xFF]), Err(Inbound::InvalidUtf8));
+    assert_eq!(parse_close(&4003u16.to_be_bytes()), Ok((4003, String::new())));
+    assert_eq!(parse_close(&999u16.to_be_bytes()), Err(Inbound::Invalid));
+    assert_eq!(parse_close(&5000u16.to_be_bytes()), Err(Inbound::Invalid));
+}
+
+#[test]
+fn the_assembler_joins_fragments_and_checks_utf8_early() {
+    let mut a = Assembler::default();
+    assert_eq!(a.push(false, OP_TEXT, Bytes::from_static(b"he"), 100), Ok(None));
+    assert_eq!(a.push(false, OP_CONTINUATION, Bytes::from_static(b"l"), 100), Ok(None));
+    assert_eq!(
+        a.push(true, OP_CONTINUATION, Bytes::from_static(b"lo"), 100),
+        Ok(Some(Inbound::Message { binary: false, data: Bytes::from_static(b"hello") }))
+    );
+    // A continuation with nothing to continue, and a new message inside a fragmented one.
+    assert_eq!(a.push(true, OP_CONTINUATION, Bytes::new(), 100), Err(Inbound::Invalid));
+    assert_eq!(a.push(false, OP_BINARY, Bytes::from_static(b"x"), 100), Ok(None));
+    assert_eq!(a.push(true, OP_TEXT, Bytes::from_static(b"y"), 100), Err(Inbound::Invalid));
+    // Text fails at the first fragment that cannot be UTF-8.
+    let mut a = Assembler::default();
+    assert_eq!(a.push(false, OP_TEXT, Bytes::from_static(&[0xCE]), 100), Ok(None), "an incomplete sequence may continue");
+    assert_eq!(a.push(false, OP_CONTINUATION, Bytes::from_static(&[0xFF]), 100), Err(Inbound::InvalidUtf8));
+    // The size limit covers the whole message.
+    let mut a = Assembler::default();
+    assert_eq!(a.push(false, OP_BINARY, Bytes::from(vec![0; 60]), 100), Ok(None));
+    assert_eq!(a.push(true, OP_CONTINUATION, Bytes::from(vec![0; 41]), 100), Err(Inbound::TooBig));
+}
+
+#[tokio::test]
+async fn the_reader_holds_no_buffer_between_frames() {
+    let mut bytes = frame(0x81, b"one", true);
+    bytes.extend(frame(0x82, &[9u8; 5000], true));
+    let mut r = FrameReader::new(&bytes[..]);
+    let f = r.next(|| 10_000).await.expect("ok").expect("frame");
+    assert_eq!((f.opcode, &f.payload[..]), (OP_TEXT, &b"one"[..]));
+    let f = r.next(|| 10_000).await.expect("ok").expect("frame");
+    assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 5000));
+    assert_eq!(r.buf.capacity(), 0, "the read buffer is released once consumed");
+    assert!(r.next(|| 10_000).await.expect("clean EOF").is_none());
+}

@@ -1,0 +1,363 @@
+//! The session loop: one `select!` over client events, upstream events, operator
+//! commands, the heartbeat, the idle check, token expiry and refresh, policy changes and
+//! drain. Nothing in it waits on anything slow: a full upstream queue stops reading from
+//! the client (backpressure) while commands and policy changes are still served, and a
+//! refresh's signature check (which may fetch JWKS keys) runs in a task of its own.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use palisade_policy::control_msg::{self, ControlMessage};
+use palisade_policy::{Claims, CompiledPolicy, TokenError};
+
+use super::frames::{Activity, Inbound};
+use super::outbox::{Out, Outbox, SlowConsumer};
+use super::{Limits, close};
+use crate::handshake::{Accepted, unix_now};
+use crate::registry::Command;
+use crate::state::NodeState;
+
+/// Repeated schema violations before the session is closed with 1008.
+const SCHEMA_VIOLATIONS_BEFORE_CLOSE: u32 = 3;
+/// How long a message to the upstream may wait for room before the session fails (1011).
+const UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timers further away than this are treated as "never" (a token `exp` far in the future
+/// must not overflow the clock).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+pub(super) struct Session {
+    pub(super) state: Arc<NodeState>,
+    pub(super) policy: Arc<CompiledPolicy>,
+    pub(super) acc: Accepted,
+    pub(super) outbox: Outbox,
+    pub(super) limits: Arc<Limits>,
+    pub(super) activity: Arc<Activity>,
+    pub(super) tokens: f64,
+    pub(super) last_refill: Instant,
+    pub(super) schema_violations: u32,
+    pub(super) warned_for_exp: Option<u64>,
+    pub(super) up_tx: Option<flume::Sender<Out>>,
+    pub(super) conn_id: String,
+}
+
+pub(super) enum Flow {
+    Continue,
+    Close(u16, String),
+}
+
+fn close_with(code: u16, reason: &str) -> Flow {
+    Flow::Close(code, reason.to_owned())
+}
+
+type UpSend = Pin<Box<flume::r#async::SendFut<'static, Out>>>;
+type Refresh = tokio::task::JoinHandle<Result<Claims, TokenError>>;
+
+/// Work the loop waits on besides its channels.
+#[derive(Default)]
+struct Pending {
+    /// A client message waiting for room in the upstream queue (no client reads meanwhile).
+    up: Option<(UpSend, tokio::time::Instant)>,
+    /// An in-band refresh being verified.
+    refresh: Option<Refresh>,
+}
+
+async fn recv_upstream(rx: &mut Option<flume::Receiver<Inbound>>) -> Option<Inbound> {
+    match rx {
+        Some(rx) => rx.recv_async().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn instant_at_unix(&self, t: u64) -> tokio::time::Instant {
+        let now = unix_now();
+        let base = tokio::time::Instant::now();
+        let ahead = Duration::from_secs(t.saturating_sub(now)).min(FAR_FUTURE);
+        base.checked_add(ahead).unwrap_or(base)
+    }
+
+    pub(super) async fn run_loop(
+        &mut self,
+        in_rx: flume::Receiver<Inbound>,
+        ctl_rx: flume::Receiver<Command>,
+        mut up_rx: Option<flume::Receiver<Inbound>>,
+    ) -> u16 {
+        let mut policy_rx = self.state.policy.subscribe();
+        let mut drain_rx = self.state.drain_tx.subscribe();
+        let mut ping = tokio::time::interval(self.policy.limits.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let idle_check = tokio::time::sleep(self.policy.limits.idle_timeout);
+        tokio::pin!(idle_check);
+        let expiry = tokio::time::sleep_until(self.expiry_deadline());
+        tokio::pin!(expiry);
+        let warning = tokio::time::sleep_until(self.warning_deadline());
+        tokio::pin!(warning);
+        let mut draining = *drain_rx.borrow();
+        let drain_at = tokio::time::sleep(FAR_FUTURE);
+        tokio::pin!(drain_at);
+        if draining {
+            drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
+        }
+        let mut pending = Pending::default();
+        let mut ctl_open = true;
+
+        let flow = loop {
+            let flow = tokio::select! {
+                // Policy changes (revocations), operator commands and drain first: a
+                // busy client never delays them.
+                biased;
+                changed = policy_rx.changed() => {
+                    if changed.is_ok() { self.on_policy_change() } else { Flow::Continue }
+                }
+                cmd = ctl_rx.recv_async(), if ctl_open => match cmd.ok() {
+                    Some(Command::Close { code, reason }) => Flow::Close(code, reason),
+                    Some(Command::Send { payload, binary }) => self.push(binary, payload),
+                    None => {
+                        ctl_open = false;
+                        Flow::Continue
+                    }
+                },
+                changed = drain_rx.changed(), if !draining => {
+                    if changed.is_ok() && *drain_rx.borrow() {
+                        draining = true;
+                        drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
+                    }
+                    Flow::Continue
+                }
+                _ = &mut drain_at, if draining => close_with(close::GOING_AWAY, "node draining"),
+                verified = async { match &mut pending.refresh { Some(h) => h.await, None => std::future::pending().await } } => {
+                    pending.refresh = None;
+                    match verified {
+                        Ok(r) => self.on_refresh(r),
+                        Err(_) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
+                    }
+                }
+                sent = async { match &mut pending.up { Some((f, at)) => tokio::time::timeout_at(*at, f).await, None => std::future::pending().await } } => {
+                    pending.up = None;
+                    match sent {
+                        Ok(Ok(())) => Flow::Continue,
+                        // The upstream is gone, or had no room for UPSTREAM_SEND_TIMEOUT.
+                        _ => close_with(close::INTERNAL, "upstream failure"),
+                    }
+                }
+                ev = in_rx.recv_async(), if pending.up.is_none() => match ev.ok() {
+                    Some(Inbound::Message { binary, data }) => self.on_message(binary, data, &mut pending),
+                    Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
+                    Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
+                    Some(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
+                    Some(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
+                    Some(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
+                    // The reader already answered the client's close; pass it upstream.
+                    Some(Inbound::Close(code, reason)) => {
+                        self.close_upstream(code, reason).await;
+                        return code;
+                    }
+                    None => {
+                        self.close_upstream(close::GOING_AWAY, "client gone".into()).await;
+                        return close::NORMAL;
+                    }
+                },
+                ev = recv_upstream(&mut up_rx) => match ev {
+                    Some(Inbound::Message { binary, data }) => self.push(binary, data),
+                    // An upstream close goes to the client with its code.
+                    Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
+                    Some(_) | None => close_with(close::INTERNAL, "upstream failure"),
+                },
+                _ = ping.tick() => {
+                    self.outbox.ping();
+                    Flow::Continue
+                }
+                _ = &mut idle_check => {
+                    let idle = self.policy.limits.idle_timeout;
+                    let seen = self.activity.epoch + Duration::from_millis(self.activity.last_seen_ms.load(Ordering::Relaxed));
+                    if seen.elapsed() >= idle {
+                        close_with(close::IDLE, "idle timeout")
+                    } else {
+                        idle_check.as_mut().reset(tokio::time::Instant::from_std(seen + idle));
+                        Flow::Continue
+                    }
+                }
+                _ = &mut warning, if self.warned_for_exp != Some(self.acc.claims.exp) => {
+                    self.warned_for_exp = Some(self.acc.claims.exp);
+                    self.push(false, Bytes::from(control_msg::auth_expiring(self.acc.claims.exp)))
+                }
+                _ = &mut expiry => {
+                    if unix_now() >= self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds) {
+                        close_with(close::TOKEN_EXPIRED, "token expired")
+                    } else {
+                        expiry.as_mut().reset(self.expiry_deadline());
+                        Flow::Continue
+                    }
+                }
+            };
+            // A refresh moves the expiry and warning timers.
+            if let Flow::Continue = flow {
+                let e = self.expiry_deadline();
+                if expiry.deadline() != e {
+                    expiry.as_mut().reset(e);
+                    warning.as_mut().reset(self.warning_deadline());
+                }
+                continue;
+            }
+            break flow;
+        };
+        if let Some(h) = pending.refresh.take() {
+            h.abort();
+        }
+        match flow {
+            Flow::Close(code, reason) => {
+                self.outbox.close(code, &reason);
+                let up_code = if (4000..5000).contains(&code) || code == close::GOING_AWAY { code } else { close::GOING_AWAY };
+                self.close_upstream(up_code, reason).await;
+                code
+            }
+            Flow::Continue => close::NORMAL,
+        }
+    }
+
+    fn push(&self, binary: bool, data: Bytes) -> Flow {
+        match self.outbox.data(binary, data) {
+            Ok(()) => Flow::Continue,
+            Err(SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
+        }
+    }
+
+    async fn close_upstream(&mut self, code: u16, reason: String) {
+        if let Some(tx) = self.up_tx.take() {
+            let code = if code == close::NO_STATUS || code == 1006 { close::NORMAL } else { code };
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send_async(Out::Close { code, reason })).await;
+        }
+    }
+
+    fn expiry_deadline(&self) -> tokio::time::Instant {
+        self.instant_at_unix(self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds))
+    }
+
+    fn warning_deadline(&self) -> tokio::time::Instant {
+        self.instant_at_unix(self.acc.claims.exp.saturating_sub(self.policy.refresh_warning_seconds))
+    }
+
+    /// Drain closes are spread over the drain window so that clients do not all
+    /// reconnect at the same instant.
+    fn drain_delay(&self) -> Duration {
+        let window = self.state.config.drain_deadline().mul_f64(0.8);
+        let frac: f64 = rand::random();
+        window.mul_f64(frac)
+    }
+
+    fn on_policy_change(&mut self) -> Flow {
+        let Some(p) = self.state.policy.load() else { return Flow::Continue };
+        if Arc::ptr_eq(&p, &self.policy) {
+            return Flow::Continue;
+        }
+        let c = &self.acc.claims;
+        if p.verifier.revocations.is_revoked(&c.sub, c.jti.as_deref(), c.iat) {
+            return close_with(close::REVOKED, "revoked");
+        }
+        self.limits.update(&p);
+        self.policy = p;
+        Flow::Continue
+    }
+
+    fn take_token(&mut self) -> bool {
+        let rate = self.policy.limits.messages.rate;
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_refill).as_secs_f64();
+        self.last_refill = now;
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst as f64);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn on_message(&mut self, binary: bool, data: Bytes, pending: &mut Pending) -> Flow {
+        let n = data.len() as u64;
+        let node = &self.state.counters;
+        node.messages_in.fetch_add(1, Ordering::Relaxed);
+        node.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+        if data.len() > self.limits.max_message_bytes() {
+            return close_with(close::TOO_BIG, "message too big");
+        }
+        // Control messages count too: a refresh costs a signature check.
+        if !self.take_token() {
+            return close_with(close::RATE_LIMITED, "message rate limit");
+        }
+        if !binary && let Some(ctl) = control_msg::parse(&data) {
+            return self.on_control(ctl, pending);
+        }
+        if binary && !self.acc.route.allow_binary {
+            return close_with(close::POLICY, "binary messages not allowed");
+        }
+        if !binary && let Some(schema) = &self.acc.route.schema {
+            let valid = serde_json::from_slice::<serde_json::Value>(&data).is_ok_and(|v| schema.is_valid(&v));
+            if !valid {
+                self.schema_violations += 1;
+                if self.schema_violations >= SCHEMA_VIOLATIONS_BEFORE_CLOSE {
+                    return close_with(close::POLICY, "schema violations");
+                }
+                return self.push(false, Bytes::from_static(control_msg::schema_violation().as_bytes()));
+            }
+        }
+        match &self.up_tx {
+            None => self.push(binary, data),
+            Some(tx) => match tx.try_send(Out::Data { binary, data }) {
+                Ok(()) => Flow::Continue,
+                Err(flume::TrySendError::Full(out)) => {
+                    pending.up = Some((Box::pin(tx.clone().into_send_async(out)), tokio::time::Instant::now() + UPSTREAM_SEND_TIMEOUT));
+                    Flow::Continue
+                }
+                Err(flume::TrySendError::Disconnected(_)) => close_with(close::INTERNAL, "upstream failure"),
+            },
+        }
+    }
+
+    fn on_control(&mut self, ctl: ControlMessage, pending: &mut Pending) -> Flow {
+        match ctl {
+            ControlMessage::Ping => self.push(false, Bytes::from_static(control_msg::pong().as_bytes())),
+            ControlMessage::Auth(None) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
+            ControlMessage::Auth(Some(token)) => {
+                let policy = self.state.policy.load().unwrap_or_else(|| self.policy.clone());
+                let state = self.state.clone();
+                if let Some(old) = pending.refresh.take() {
+                    old.abort();
+                }
+                pending.refresh = Some(tokio::spawn(async move { crate::jwks::verify(&state.jwks, &policy, &token, unix_now()).await }));
+                Flow::Continue
+            }
+        }
+    }
+
+    fn on_refresh(&mut self, verified: Result<Claims, TokenError>) -> Flow {
+        let reply = match verified {
+            Ok(c) if c.sub == self.acc.claims.sub => {
+                let exp = c.exp;
+                if c.jti != self.acc.claims.jti {
+                    // `disconnect --session` finds the session by its current token.
+                    self.state.registry.set_session(&self.conn_id, c.jti.clone());
+                }
+                self.acc.claims = c;
+                control_msg::auth_ok(exp)
+            }
+            Ok(_) => control_msg::auth_error("subject_mismatch"),
+            Err(e) => control_msg::auth_error(e.code()),
+        };
+        self.push(false, Bytes::from(reply))
+    }
+}
+
+/// Close codes that may not be sent on the wire (1005, 1006, 1015) become 1011.
+fn pass_through(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+        _ => close::INTERNAL,
+    }
+}
