@@ -21,6 +21,8 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE=${1:-localhost/palisade:$VERSION}
 BASE=localhost/palisade-base:bookworm
 PODMAN=(podman --runtime runc)
+# This VM refuses the default rlimits of a container: set them explicitly (build and run).
+LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
 
 need=()
 for t in podman buildah runc debootstrap openssl; do command -v "$t" >/dev/null 2>&1 || need+=("$t"); done
@@ -52,11 +54,12 @@ if [ "${PALISADE_REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$BASE"; then
 fi
 
 echo "== podman build $IMAGE"
-nice -n 19 "${PODMAN[@]}" build --network none --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
+# docker format: the OCI format ignores SHELL (pipefail in the build stage).
+nice -n 19 "${PODMAN[@]}" build --format docker --network none "${LIMITS[@]}" \
   --build-arg "BASE=$BASE" -t "$IMAGE" -f Dockerfile .
 
 echo "== smoke: --version"
-"${PODMAN[@]}" run --rm --network none --read-only "$IMAGE" --version
+"${PODMAN[@]}" run --rm "${LIMITS[@]}" --network none --read-only "$IMAGE" --version
 
 echo "== smoke: --check-config on the chart's configuration"
 work=$(mktemp -d)
@@ -102,7 +105,7 @@ PY
 chmod -R a+rX "$work"
 for component in node controller; do
   echo "-- palisade $component --check-config"
-  "${PODMAN[@]}" run --rm --network none --read-only --user 65532:65532 -v "$etc:/etc/palisade:ro" \
+  "${PODMAN[@]}" run --rm "${LIMITS[@]}" --network none --read-only --user 65532:65532 -v "$etc:/etc/palisade:ro" \
     "$IMAGE" "$component" --config "/etc/palisade/config/$component.toml" --check-config
 done
 echo "== $IMAGE: $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE") bytes"
