@@ -190,6 +190,24 @@ impl NodeControl for NodeControlService {
         if !req.binary && std::str::from_utf8(&req.payload).is_err() {
             return Err(Status::invalid_argument("payload: a text message must be UTF-8 (or set binary)"));
         }
+        // A message whose frame could never fit a client's outgoing buffer would close
+        // every target with 4013 (slow consumer): refuse it here instead.
+        if let Some(policy) = self.state.policy.load() {
+            let limit = policy.limits.messages.max_buffered_bytes;
+            let n = req.payload.len();
+            let frame = n + if n <= 125 {
+                2
+            } else if n <= 65_535 {
+                4
+            } else {
+                10
+            };
+            if frame > limit {
+                return Err(Status::invalid_argument(format!(
+                    "payload: {n} bytes do not fit a client's outgoing buffer (limits.messages.max_buffered_bytes = {limit})"
+                )));
+            }
+        }
         let delivered = self.state.registry.dispatch(&sel, Command::Send { payload: req.payload.into(), binary: req.binary });
         Ok(Response::new(pb::SendResponse { delivered: delivered as u32 }))
     }

@@ -188,10 +188,18 @@ pub struct Head<'a> {
     pub headers: &'a [httparse::Header<'a>],
 }
 
+/// Parses the head `read_head` found (everything up to and including its `\r\n\r\n`).
+/// httparse also ends a head at a bare `\n\n`: a head it parses short of the whole, or
+/// with any bare LF in it, is malformed, so that no header after a bare LF is dropped
+/// unseen and no part of the head is replayed as WebSocket bytes.
 pub fn parse_head<'a>(bytes: &'a [u8], storage: &'a mut [httparse::Header<'a>; MAX_HEADERS]) -> Result<Head<'a>, HeadError> {
+    if has_bare_lf(bytes) {
+        return Err(HeadError::Malformed);
+    }
     let mut req = httparse::Request::new(storage);
     match req.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(n)) if n == bytes.len() => {}
+        Ok(httparse::Status::Complete(_)) => return Err(HeadError::Malformed),
         Ok(httparse::Status::Partial) => return Err(HeadError::Malformed),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed),
@@ -204,6 +212,11 @@ pub fn parse_head<'a>(bytes: &'a [u8], storage: &'a mut [httparse::Header<'a>; M
         None => (target, None),
     };
     Ok(Head { method, path, query, minor_version, headers: req.headers })
+}
+
+/// Whether a `\n` appears that is not the end of a `\r\n`.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
 }
 
 impl<'a> Head<'a> {
@@ -303,6 +316,28 @@ mod tests {
         assert!(h.has_token("connection", "upgrade"));
         assert_eq!(h.all("x-a").collect::<Vec<_>>(), vec!["1", "2"]);
         assert_eq!(h.count("X-A"), 2);
+    }
+
+    #[test]
+    fn bare_lf_heads_are_malformed() {
+        for raw in [
+            &b"GET /echo HTTP/1.1\r\nHost: x\n\nOrigin: https://evil\r\n\r\n"[..],
+            b"GET /echo HTTP/1.1\nHost: x\r\n\r\n",
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: 1\n\r\n",
+            b"\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            assert_eq!(parse_head(raw, &mut storage).err(), Some(HeadError::Malformed), "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn a_head_parsed_short_of_the_whole_is_malformed() {
+        // What httparse would stop at, were the bare LF check not there: bytes after the
+        // end it finds.
+        let raw = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\nX: y\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert_eq!(parse_head(raw, &mut storage).err(), Some(HeadError::Malformed));
     }
 
     #[test]

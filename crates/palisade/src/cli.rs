@@ -250,8 +250,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// SIGTERM or Ctrl-C.
-async fn wait_for_shutdown() {
+/// SIGTERM or Ctrl-C (the node, the controller and `palisade dev`).
+pub(crate) async fn wait_for_shutdown() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -228,7 +228,8 @@ pub fn node_config(files: &DevFiles, i: usize, upstream: Option<&str>) -> NodeCo
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let fleet = start(&opts).await?;
     print_banner(&opts, &fleet);
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    // SIGTERM (a supervisor, `kill`, a container stop) drains like Ctrl-C.
+    crate::cli::wait_for_shutdown().await;
     eprintln!("draining...");
     fleet.shutdown().await;
     Ok(())
