@@ -133,7 +133,7 @@ async fn operator_verbs_across_the_fleet() {
     let (code, table, _) = f.cli(&["nodes"]).await;
     assert_eq!(code, 0);
     for n in &f.nodes {
-        assert!(table.contains(&n.handle.state.id()), "{table}");
+        assert!(table.contains(n.handle.state.id()), "{table}");
     }
 
     let mut alices = Vec::new();

@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::config::ControllerConfig;
 use crate::directory::{Directory, NodeEntry, NodeRecord, NodeTls};
-use crate::store::{PolicyStore, StoreError};
+use crate::store::{FleetPolicy, StoreError};
 
 /// How old a node's streamed statistics may be before GetFleetStats asks the node itself.
 const STATS_MAX_AGE: Duration = Duration::from_secs(3);
@@ -27,7 +27,7 @@ const STATS_MAX_AGE: Duration = Duration::from_secs(3);
 pub struct Controller {
     pub cluster: String,
     pub directory: Arc<Directory>,
-    pub store: PolicyStore,
+    pub store: FleetPolicy,
     concurrency: usize,
     /// Serialises read-modify-write policy changes of this controller (etcd's compare
     /// protects against other controllers).
@@ -53,7 +53,7 @@ impl ControllerHandle {
 }
 
 impl Controller {
-    pub fn new(cluster: String, directory: Arc<Directory>, store: PolicyStore, concurrency: usize) -> Arc<Controller> {
+    pub fn new(cluster: String, directory: Arc<Directory>, store: FleetPolicy, concurrency: usize) -> Arc<Controller> {
         Arc::new(Controller { cluster, directory, store, concurrency, policy_lock: tokio::sync::Mutex::new(()) })
     }
 
@@ -76,9 +76,9 @@ impl Controller {
                 )
                 .map_err(|e| e.to_string())?;
                 let client = etcd_client::Client::connect(&e.endpoints, Some(opts)).await.map_err(|e| format!("etcd: {e}"))?;
-                (PolicyStore::etcd(client.clone(), &cfg.cluster), Some(client))
+                (FleetPolicy::etcd(client.clone(), &cfg.cluster), Some(client))
             }
-            None => (PolicyStore::memory(None), None),
+            None => (FleetPolicy::memory(None), None),
         };
         Ok((Controller::new(cfg.cluster.clone(), dir, store, cfg.push_concurrency), etcd))
     }
@@ -175,11 +175,17 @@ impl Controller {
                     let mut c = n.client.clone();
                     match c.apply_policy(req).await {
                         Ok(r) => Ok(r.into_inner().version),
-                        // The node's etcd watch was faster: it already has this version.
-                        Err(s) if s.code() == Code::FailedPrecondition && !dry_run => {
-                            let v = c.get_stats(npb::GetStatsRequest {}).await?.into_inner().policy_version;
-                            if v >= version { Ok(v) } else { Err(s) }
-                        }
+                        // Stale: the node says which version it serves. The same as ours
+                        // (its etcd watch was faster) is converged; a newer one means
+                        // someone pushed to it directly, and it may lack this policy.
+                        Err(s) if s.code() == Code::FailedPrecondition && !dry_run => match trailer_version(&s) {
+                            Some(v) if v == version => Ok(v),
+                            Some(v) => {
+                                Err(Status::failed_precondition(format!("diverged: the node serves version {v}, the fleet {version}"))
+                                    .with_node_version(v))
+                            }
+                            None => Err(s),
+                        },
                         Err(s) => Err(s),
                     }
                 }
@@ -189,7 +195,12 @@ impl Controller {
             .into_iter()
             .map(|(node_id, r)| match r {
                 Ok(v) => pb::NodeResult { node_id, ok: true, error: String::new(), version: v },
-                Err(s) => pb::NodeResult { node_id, ok: false, error: format!("{:?}: {}", s.code(), s.message()), version: 0 },
+                Err(s) => pb::NodeResult {
+                    node_id,
+                    ok: false,
+                    error: format!("{:?}: {}", s.code(), s.message()),
+                    version: trailer_version(&s).unwrap_or(0),
+                },
             })
             .collect()
     }
@@ -507,5 +518,24 @@ revocations:
         prune_expired(&mut doc, 1_800_000_000);
         let left: Vec<String> = doc.revocations.iter().map(|r| r.sub.clone().or(r.jti.clone()).unwrap_or_default()).collect();
         assert_eq!(left, vec!["kept-forever".to_string(), "future".to_string()]);
+    }
+}
+
+/// The version a node reported in the trailer of a stale `ApplyPolicy`.
+fn trailer_version(s: &Status) -> Option<u64> {
+    s.metadata().get(palisade_plane::record::POLICY_VERSION_TRAILER)?.to_str().ok()?.parse().ok()
+}
+
+trait WithNodeVersion {
+    fn with_node_version(self, v: u64) -> Self;
+}
+
+impl WithNodeVersion for Status {
+    /// Keeps the node's version on a status made here.
+    fn with_node_version(mut self, v: u64) -> Status {
+        if let Ok(value) = v.to_string().parse() {
+            self.metadata_mut().insert(palisade_plane::record::POLICY_VERSION_TRAILER, value);
+        }
+        self
     }
 }

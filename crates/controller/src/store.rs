@@ -15,25 +15,25 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-pub enum PolicyStore {
+pub enum FleetPolicy {
     Etcd { client: Box<etcd_client::Client>, key: String },
     Memory(Box<Mutex<Option<(Policy, u64)>>>),
 }
 
-impl PolicyStore {
-    pub fn etcd(client: etcd_client::Client, cluster: &str) -> PolicyStore {
-        PolicyStore::Etcd { client: Box::new(client), key: palisade_plane::etcd::Keys::new(cluster).policy() }
+impl FleetPolicy {
+    pub fn etcd(client: etcd_client::Client, cluster: &str) -> FleetPolicy {
+        FleetPolicy::Etcd { client: Box::new(client), key: palisade_plane::etcd::Keys::new(cluster).policy() }
     }
 
-    pub fn memory(initial: Option<(Policy, u64)>) -> PolicyStore {
-        PolicyStore::Memory(Box::new(Mutex::new(initial)))
+    pub fn memory(initial: Option<(Policy, u64)>) -> FleetPolicy {
+        FleetPolicy::Memory(Box::new(Mutex::new(initial)))
     }
 
     /// The current document and its version, if any.
     pub async fn get(&self) -> Result<Option<(Policy, u64)>, StoreError> {
         match self {
-            PolicyStore::Memory(m) => Ok(m.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-            PolicyStore::Etcd { client, key } => {
+            FleetPolicy::Memory(m) => Ok(m.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            FleetPolicy::Etcd { client, key } => {
                 let resp = client.as_ref().clone().get(key.as_str(), None).await?;
                 let Some(kv) = resp.kvs().first() else { return Ok(None) };
                 let text = std::str::from_utf8(kv.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -47,7 +47,7 @@ impl PolicyStore {
     /// version.
     pub async fn put(&self, doc: &Policy, expected: u64) -> Result<u64, StoreError> {
         match self {
-            PolicyStore::Memory(m) => {
+            FleetPolicy::Memory(m) => {
                 let mut cur = m.lock().unwrap_or_else(|p| p.into_inner());
                 let current = cur.as_ref().map_or(0, |(_, v)| *v);
                 if current != expected {
@@ -57,7 +57,7 @@ impl PolicyStore {
                 *cur = Some((doc.clone(), v));
                 Ok(v)
             }
-            PolicyStore::Etcd { client, key } => {
+            FleetPolicy::Etcd { client, key } => {
                 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
                 let txn = Txn::new()
                     .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expected as i64)])

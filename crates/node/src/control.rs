@@ -99,13 +99,27 @@ pub fn apply_status(e: ApplyError) -> Status {
     }
 }
 
+impl NodeControlService {
+    /// A refused store as gRPC status; a stale one carries the node's version in the
+    /// `palisade-policy-version` trailer, so the controller needs no second call.
+    fn stale_status(&self, e: ApplyError) -> Status {
+        let mut s = apply_status(e);
+        if s.code() == tonic::Code::FailedPrecondition
+            && let Ok(v) = self.state.policy.version().to_string().parse()
+        {
+            s.metadata_mut().insert(palisade_plane::record::POLICY_VERSION_TRAILER, v);
+        }
+        s
+    }
+}
+
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl NodeControl for NodeControlService {
     async fn get_policy(&self, _req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::GetPolicyResponse>, Status> {
         let p = self.state.policy.load().ok_or_else(|| Status::not_found("this node has no policy yet"))?;
-        Ok(Response::new(pb::GetPolicyResponse { policy: Some(wire::versioned(p.version, &p.document)) }))
+        Ok(Response::new(pb::GetPolicyResponse { policy: Some(wire::versioned(self.state.policy.version(), &p.document)) }))
     }
 
     async fn apply_policy(&self, req: Request<pb::ApplyPolicyRequest>) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
@@ -115,9 +129,14 @@ impl NodeControl for NodeControlService {
             return Err(Status::invalid_argument("policy.version: must be at least 1"));
         }
         let doc = wire::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let compiled = self.state.policy.apply(&doc, v.version, req.dry_run).map_err(apply_status)?;
-        tracing::info!(event = "policy_applied", node = %self.state.id, version = compiled.version, dry_run = req.dry_run);
-        Ok(Response::new(pb::ApplyPolicyResponse { version: compiled.version, applied: !req.dry_run, dry_run: req.dry_run }))
+        let compiled = crate::policy_store::validate(&doc, v.version).map_err(apply_status)?;
+        if req.dry_run {
+            // A dry run only validates: its version orders nothing.
+            return Ok(Response::new(pb::ApplyPolicyResponse { version: self.state.policy.version(), applied: false, dry_run: true }));
+        }
+        let stored = self.state.policy.store(compiled).map_err(|e| self.stale_status(e))?;
+        tracing::info!(event = "policy_applied", node = %self.state.id, version = v.version, unchanged = stored == crate::policy_store::Stored::Unchanged);
+        Ok(Response::new(pb::ApplyPolicyResponse { version: v.version, applied: true, dry_run: false }))
     }
 
     async fn disconnect(&self, req: Request<pb::DisconnectRequest>) -> Result<Response<pb::DisconnectResponse>, Status> {

@@ -72,7 +72,7 @@ impl Node {
             let p = path.display().to_string();
             let text = std::fs::read_to_string(&path).map_err(|source| NodeError::PolicyRead { path: p.clone(), source })?;
             let doc = palisade_policy::Policy::from_yaml_or_json(&text).map_err(|source| NodeError::Policy { path: p.clone(), source })?;
-            state.policy.apply(&doc, 1, false).map_err(|e| match e {
+            state.policy.apply(&doc, 1).map_err(|e| match e {
                 crate::policy_store::ApplyError::Invalid(source) => NodeError::Policy { path: p.clone(), source },
                 crate::policy_store::ApplyError::Stale { .. } => {
                     NodeError::Policy { path: p.clone(), source: palisade_policy::PolicyError::new("version", "stale") }

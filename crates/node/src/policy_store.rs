@@ -1,7 +1,14 @@
-//! The live policy: one atomic swap (ArcSwap) that the hot path reads lock-free, plus a
-//! `watch` of the version so live sessions learn about revocations.
+//! The live policy: one atomic swap (ArcSwap) that the hot path reads lock-free, the
+//! version the node serves, and a `watch` that wakes live sessions when the policy they
+//! enforce changed (revocations, limits).
+//!
+//! Validation (document -> compiled policy) is apart from storing (compiled policy ->
+//! live): a dry run only validates, and every hop compiles a document once. A document
+//! equal to the live one is not swapped and wakes nobody; its newer version is still
+//! recorded, so the node reports the fleet's version.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use palisade_policy::{CompiledPolicy, Policy, PolicyError};
@@ -15,17 +22,39 @@ pub enum ApplyError {
     Invalid(#[from] PolicyError),
 }
 
+/// What `store` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The new policy is live; sessions were told.
+    Swapped,
+    /// Same document as the live one: only the version moved; nobody was woken.
+    Unchanged,
+}
+
 pub struct PolicyStore {
     current: ArcSwapOption<CompiledPolicy>,
-    version: watch::Sender<u64>,
+    /// The version served: the live policy's, or newer when a push changed nothing.
+    version: AtomicU64,
+    /// Bumped at every swap: what live sessions wait on.
+    swaps: watch::Sender<u64>,
     /// Serialises writers so that the version check and the swap are one step.
     write: std::sync::Mutex<()>,
 }
 
 impl Default for PolicyStore {
     fn default() -> Self {
-        PolicyStore { current: ArcSwapOption::empty(), version: watch::channel(0).0, write: std::sync::Mutex::new(()) }
+        PolicyStore {
+            current: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
+            swaps: watch::channel(0).0,
+            write: std::sync::Mutex::new(()),
+        }
     }
+}
+
+/// Compiles `doc` as `version`: matchers and keys prepared once. Nothing changes.
+pub fn validate(doc: &Policy, version: u64) -> Result<CompiledPolicy, ApplyError> {
+    Ok(doc.compile(version)?)
 }
 
 impl PolicyStore {
@@ -40,30 +69,100 @@ impl PolicyStore {
         f(guard.as_deref())
     }
 
+    /// The version this node serves (0: none yet).
     pub fn version(&self) -> u64 {
-        *self.version.borrow()
+        self.version.load(Ordering::Acquire)
     }
 
+    /// Changes at every swap of the live policy (not at an unchanged push).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
+        self.swaps.subscribe()
     }
 
-    /// Validates and swaps in `doc` as `version`. A version not newer than the current one
-    /// is refused; an invalid document is refused and the current policy keeps serving.
-    /// With `dry_run` only the document is checked and nothing changes. Returns the
-    /// compiled policy.
-    pub fn apply(&self, doc: &Policy, version: u64, dry_run: bool) -> Result<Arc<CompiledPolicy>, ApplyError> {
+    /// Makes `compiled` live. A version not newer than the current one is refused; a
+    /// document equal to the live one only moves the version.
+    pub fn store(&self, compiled: CompiledPolicy) -> Result<Stored, ApplyError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        // A dry run only validates: its version orders nothing.
         let current = self.version();
-        if version <= current && !dry_run {
-            return Err(ApplyError::Stale { offered: version, current });
+        if compiled.version <= current {
+            return Err(ApplyError::Stale { offered: compiled.version, current });
         }
-        let compiled = Arc::new(doc.compile(version)?);
-        if !dry_run {
-            self.current.store(Some(compiled.clone()));
-            self.version.send_replace(version);
+        let version = compiled.version;
+        let unchanged = self.current.load().as_ref().is_some_and(|live| live.document == compiled.document);
+        self.version.store(version, Ordering::Release);
+        if unchanged {
+            return Ok(Stored::Unchanged);
         }
-        Ok(compiled)
+        self.current.store(Some(Arc::new(compiled)));
+        self.swaps.send_modify(|n| *n += 1);
+        Ok(Stored::Swapped)
+    }
+
+    /// Validates and stores `doc` as `version` (the etcd watch, the bootstrap file).
+    pub fn apply(&self, doc: &Policy, version: u64) -> Result<Stored, ApplyError> {
+        self.store(validate(doc, version)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(max_connections: u64) -> Policy {
+        let mut p: Policy = Policy::from_yaml_or_json(
+            r#"{"auth":{"keys":[{"kid":"k","alg":"HS256","secret_base64":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="}]}}"#,
+        )
+        .expect("doc");
+        p.limits.max_connections = max_connections;
+        p
+    }
+
+    #[test]
+    fn versions_must_grow_and_a_stale_push_changes_nothing() {
+        let s = PolicyStore::default();
+        assert!(s.load().is_none());
+        assert_eq!(s.apply(&doc(10), 3).expect("first"), Stored::Swapped);
+        assert!(matches!(s.apply(&doc(20), 3), Err(ApplyError::Stale { offered: 3, current: 3 })));
+        assert!(matches!(s.apply(&doc(20), 2), Err(ApplyError::Stale { offered: 2, current: 3 })));
+        assert_eq!(s.load().expect("live").limits.max_connections, 10);
+        assert_eq!(s.version(), 3);
+    }
+
+    #[test]
+    fn an_invalid_document_is_refused_and_the_last_good_policy_keeps_serving() {
+        let s = PolicyStore::default();
+        s.apply(&doc(10), 1).expect("first");
+        let mut bad = doc(10);
+        bad.limits.messages.max_bytes = 0;
+        match s.apply(&bad, 2) {
+            Err(ApplyError::Invalid(e)) => assert_eq!(e.field, "limits.messages.max_bytes"),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+        assert_eq!((s.version(), s.load().expect("live").version), (1, 1));
+    }
+
+    #[test]
+    fn validating_changes_nothing() {
+        let s = PolicyStore::default();
+        s.apply(&doc(10), 5).expect("first");
+        let rx = s.subscribe();
+        // A dry run at any version, older ones included, only compiles.
+        assert_eq!(validate(&doc(99), 1).expect("valid").limits.max_connections, 99);
+        assert_eq!((s.version(), s.load().expect("live").limits.max_connections), (5, 10));
+        assert!(!rx.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn an_unchanged_document_moves_the_version_and_wakes_nobody() {
+        let s = PolicyStore::default();
+        s.apply(&doc(10), 1).expect("first");
+        let before = s.load().expect("live");
+        let rx = s.subscribe();
+        assert_eq!(s.apply(&doc(10), 2).expect("same doc"), Stored::Unchanged);
+        assert_eq!(s.version(), 2, "the node reports the fleet's version");
+        assert!(Arc::ptr_eq(&before, &s.load().expect("live")), "not swapped");
+        assert!(!rx.has_changed().expect("open"), "no session woken");
+        assert_eq!(s.apply(&doc(11), 3).expect("changed"), Stored::Swapped);
+        assert!(rx.has_changed().expect("open"), "sessions woken by a real change");
     }
 }

@@ -81,7 +81,7 @@ impl Limits {
         self.max_message_bytes.store(m.max_bytes, Ordering::Relaxed);
         self.max_buffered_bytes.store(m.max_buffered_bytes as u64, Ordering::Relaxed);
         self.rate_per_second_bits.store(m.rate.per_second.to_bits(), Ordering::Relaxed);
-        self.rate_burst.store(u64::from(m.rate.burst), Ordering::Relaxed);
+        self.rate_burst.store(m.rate.burst, Ordering::Relaxed);
     }
 
     pub fn max_message_bytes(&self) -> usize {
@@ -235,9 +235,11 @@ async fn client_reader<R: tokio::io::AsyncRead + Unpin>(
     let mut assembler = Assembler::default();
     let mut pings = PingBucket { tokens: rate.burst as f64, at: Instant::now() };
     loop {
+        let mut peer_closed = false;
         let ev = match rd.next(|| limits.max_message_bytes()).await {
             Ok(Some(f)) => {
                 activity.touch();
+                peer_closed = f.opcode == frames::OP_CLOSE;
                 match f.opcode {
                     frames::OP_PING if !pings.take(limits.rate()) => Some(Inbound::PingFlood),
                     frames::OP_PING => outbox.pong(f.payload).err().map(|_| Inbound::SlowConsumer),
@@ -264,7 +266,15 @@ async fn client_reader<R: tokio::io::AsyncRead + Unpin>(
         };
         if let Some(ev) = ev {
             let last = !matches!(ev, Inbound::Message { .. });
-            if tx.send_async(ev).await.is_err() || last {
+
+            if tx.send_async(ev).await.is_err() {
+                return;
+            }
+            if last {
+                // After the client's own close frame (valid or not) nothing more comes.
+                if !peer_closed {
+                    rd.discard_until_close(limits.max_message_bytes()).await;
+                }
                 return;
             }
         }

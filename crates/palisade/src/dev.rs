@@ -275,14 +275,14 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
     };
     let store = match &etcd {
         Some(c) => {
-            let store = palisade_controller::store::PolicyStore::etcd(c.clone(), CLUSTER);
+            let store = palisade_controller::store::FleetPolicy::etcd(c.clone(), CLUSTER);
             match store.put(&bootstrap, 0).await {
                 Ok(_) | Err(palisade_controller::store::StoreError::Conflict { .. }) => {}
                 Err(e) => anyhow::bail!("cannot store the bootstrap policy in etcd: {e}"),
             }
             store
         }
-        None => palisade_controller::store::PolicyStore::memory(Some((bootstrap, 1))),
+        None => palisade_controller::store::FleetPolicy::memory(Some((bootstrap, 1))),
     };
 
     let mut nodes: Vec<NodeHandle> = Vec::new();

@@ -26,6 +26,10 @@ impl NodeRecord {
     }
 }
 
+/// gRPC trailer of a node's stale `ApplyPolicy` answer (FAILED_PRECONDITION): the
+/// version the node serves, so the controller learns it without a second call.
+pub const POLICY_VERSION_TRAILER: &str = "palisade-policy-version";
+
 /// `host:port`, with brackets around an IPv6 host.
 pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }

@@ -58,8 +58,10 @@ pub fn apply_policy(state: &NodeState, value: &[u8], revision: i64) {
         Ok(d) => d,
         Err(e) => return rejected(&e.field, &e.message),
     };
-    match state.policy.apply(&doc, version, false) {
-        Ok(p) => tracing::info!(event = "policy_applied", node = %state.id, source = "etcd", version = p.version),
+    match state.policy.apply(&doc, version) {
+        Ok(stored) => {
+            tracing::info!(event = "policy_applied", node = %state.id, source = "etcd", version, unchanged = stored == crate::policy_store::Stored::Unchanged)
+        }
         // The controller's push got here first (or a replay after a reconnect).
         Err(ApplyError::Stale { offered, current }) => {
             tracing::debug!(event = "policy_stale", node = %state.id, source = "etcd", offered, current);

@@ -165,6 +165,9 @@ pub struct FrameReader<R> {
 
 const STACK_READ: usize = 2048;
 
+/// Bytes of client frames read and dropped after the node failed the connection.
+pub const DISCARD_BUDGET: usize = 64 * 1024;
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(rd: R) -> Self {
         FrameReader { rd, buf: BytesMut::new() }
@@ -216,6 +219,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf = BytesMut::new();
         }
         Ok(Some(Frame { fin: h.fin, opcode: h.opcode, payload: frame.freeze() }))
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// After the node failed the connection: reads and drops what the client still sends
+    /// until its close frame (the reply to the node's), so that unread input does not
+    /// make the kernel answer the node's close frame with a reset. Stops at anything it
+    /// cannot read, and after [`DISCARD_BUDGET`] bytes (a client still flooding is not
+    /// served for free); bounded in time by the session's close linger.
+    pub async fn discard_until_close(&mut self, max_payload: usize) {
+        let mut budget = DISCARD_BUDGET;
+        while let Ok(Some(f)) = self.next(|| max_payload.min(budget)).await {
+            if f.opcode == OP_CLOSE || f.payload.len() + 2 > budget {
+                return;
+            }
+            budget -= f.payload.len() + 2;
+        }
     }
 }
 

@@ -104,93 +104,100 @@ impl Session {
         }
         let mut pending = Pending::default();
         let mut ctl_open = true;
+        // A policy swapped between the handshake and the subscription above (a
+        // revocation, new limits) applies now: the watch only reports later swaps.
+        let mut first = Some(self.on_policy_change());
 
         let flow = loop {
-            let flow = tokio::select! {
-                // Policy changes (revocations), operator commands and drain first: a
-                // busy client never delays them.
-                biased;
-                changed = policy_rx.changed() => {
-                    if changed.is_ok() { self.on_policy_change() } else { Flow::Continue }
-                }
-                cmd = ctl_rx.recv_async(), if ctl_open => match cmd.ok() {
-                    Some(Command::Close { code, reason }) => Flow::Close(code, reason),
-                    Some(Command::Send { payload, binary }) => self.push(binary, payload),
-                    None => {
-                        ctl_open = false;
+            let flow = if let Some(f) = first.take() {
+                f
+            } else {
+                tokio::select! {
+                    // Policy changes (revocations), operator commands and drain first: a
+                    // busy client never delays them.
+                    biased;
+                    changed = policy_rx.changed() => {
+                        if changed.is_ok() { self.on_policy_change() } else { Flow::Continue }
+                    }
+                    cmd = ctl_rx.recv_async(), if ctl_open => match cmd.ok() {
+                        Some(Command::Close { code, reason }) => Flow::Close(code, reason),
+                        Some(Command::Send { payload, binary }) => self.push(binary, payload),
+                        None => {
+                            ctl_open = false;
+                            Flow::Continue
+                        }
+                    },
+                    changed = drain_rx.changed(), if !draining => {
+                        if changed.is_ok() && *drain_rx.borrow() {
+                            draining = true;
+                            drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
+                        }
                         Flow::Continue
                     }
-                },
-                changed = drain_rx.changed(), if !draining => {
-                    if changed.is_ok() && *drain_rx.borrow() {
-                        draining = true;
-                        drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
+                    _ = &mut drain_at, if draining => close_with(close::GOING_AWAY, "node draining"),
+                    verified = async { match &mut pending.refresh { Some(h) => h.await, None => std::future::pending().await } } => {
+                        pending.refresh = None;
+                        match verified {
+                            Ok(r) => self.on_refresh(r),
+                            Err(_) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
+                        }
                     }
-                    Flow::Continue
-                }
-                _ = &mut drain_at, if draining => close_with(close::GOING_AWAY, "node draining"),
-                verified = async { match &mut pending.refresh { Some(h) => h.await, None => std::future::pending().await } } => {
-                    pending.refresh = None;
-                    match verified {
-                        Ok(r) => self.on_refresh(r),
-                        Err(_) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
+                    sent = async { match &mut pending.up { Some((f, at)) => tokio::time::timeout_at(*at, f).await, None => std::future::pending().await } } => {
+                        pending.up = None;
+                        match sent {
+                            Ok(Ok(())) => Flow::Continue,
+                            // The upstream is gone, or had no room for UPSTREAM_SEND_TIMEOUT.
+                            _ => close_with(close::INTERNAL, "upstream failure"),
+                        }
                     }
-                }
-                sent = async { match &mut pending.up { Some((f, at)) => tokio::time::timeout_at(*at, f).await, None => std::future::pending().await } } => {
-                    pending.up = None;
-                    match sent {
-                        Ok(Ok(())) => Flow::Continue,
-                        // The upstream is gone, or had no room for UPSTREAM_SEND_TIMEOUT.
-                        _ => close_with(close::INTERNAL, "upstream failure"),
-                    }
-                }
-                ev = in_rx.recv_async(), if pending.up.is_none() => match ev.ok() {
-                    Some(Inbound::Message { binary, data }) => self.on_message(binary, data, &mut pending),
-                    Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
-                    Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
-                    Some(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
-                    Some(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
-                    Some(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
-                    // The reader already answered the client's close; pass it upstream.
-                    Some(Inbound::Close(code, reason)) => {
-                        self.close_upstream(code, reason).await;
-                        return code;
-                    }
-                    None => {
-                        self.close_upstream(close::GOING_AWAY, "client gone".into()).await;
-                        return close::NORMAL;
-                    }
-                },
-                ev = recv_upstream(&mut up_rx) => match ev {
-                    Some(Inbound::Message { binary, data }) => self.push(binary, data),
-                    // An upstream close goes to the client with its code.
-                    Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
-                    Some(_) | None => close_with(close::INTERNAL, "upstream failure"),
-                },
-                _ = ping.tick() => {
-                    self.outbox.ping();
-                    Flow::Continue
-                }
-                _ = &mut idle_check => {
-                    let idle = self.policy.limits.idle_timeout;
-                    let seen = self.activity.epoch + Duration::from_millis(self.activity.last_seen_ms.load(Ordering::Relaxed));
-                    if seen.elapsed() >= idle {
-                        close_with(close::IDLE, "idle timeout")
-                    } else {
-                        idle_check.as_mut().reset(tokio::time::Instant::from_std(seen + idle));
+                    ev = in_rx.recv_async(), if pending.up.is_none() => match ev.ok() {
+                        Some(Inbound::Message { binary, data }) => self.on_message(binary, data, &mut pending),
+                        Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
+                        Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
+                        Some(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
+                        Some(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
+                        Some(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
+                        // The reader already answered the client's close; pass it upstream.
+                        Some(Inbound::Close(code, reason)) => {
+                            self.close_upstream(code, reason).await;
+                            return code;
+                        }
+                        None => {
+                            self.close_upstream(close::GOING_AWAY, "client gone".into()).await;
+                            return close::NORMAL;
+                        }
+                    },
+                    ev = recv_upstream(&mut up_rx) => match ev {
+                        Some(Inbound::Message { binary, data }) => self.push(binary, data),
+                        // An upstream close goes to the client with its code.
+                        Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
+                        Some(_) | None => close_with(close::INTERNAL, "upstream failure"),
+                    },
+                    _ = ping.tick() => {
+                        self.outbox.ping();
                         Flow::Continue
                     }
-                }
-                _ = &mut warning, if self.warned_for_exp != Some(self.acc.claims.exp) => {
-                    self.warned_for_exp = Some(self.acc.claims.exp);
-                    self.push(false, Bytes::from(control_msg::auth_expiring(self.acc.claims.exp)))
-                }
-                _ = &mut expiry => {
-                    if unix_now() >= self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds) {
-                        close_with(close::TOKEN_EXPIRED, "token expired")
-                    } else {
-                        expiry.as_mut().reset(self.expiry_deadline());
-                        Flow::Continue
+                    _ = &mut idle_check => {
+                        let idle = self.policy.limits.idle_timeout;
+                        let seen = self.activity.epoch + Duration::from_millis(self.activity.last_seen_ms.load(Ordering::Relaxed));
+                        if seen.elapsed() >= idle {
+                            close_with(close::IDLE, "idle timeout")
+                        } else {
+                            idle_check.as_mut().reset(tokio::time::Instant::from_std(seen + idle));
+                            Flow::Continue
+                        }
+                    }
+                    _ = &mut warning, if self.warned_for_exp != Some(self.acc.claims.exp) => {
+                        self.warned_for_exp = Some(self.acc.claims.exp);
+                        self.push(false, Bytes::from(control_msg::auth_expiring(self.acc.claims.exp)))
+                    }
+                    _ = &mut expiry => {
+                        if unix_now() >= self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds) {
+                            close_with(close::TOKEN_EXPIRED, "token expired")
+                        } else {
+                            expiry.as_mut().reset(self.expiry_deadline());
+                            Flow::Continue
+                        }
                     }
                 }
             };
