@@ -166,7 +166,7 @@ mod tests {
         assert!(check("").is_ok());
         assert!(check("username = \"palisade-controller\"\npassword_file = \"pw\"\n").is_ok());
         for bad in ["username = \"palisade-controller\"\n", "password_file = \"pw\"\n", "username = \"\"\npassword_file = \"pw\"\n"] {
-            let e = check(bad).err().expect("refused");
+            let e = check(bad).expect_err("refused");
             assert!(e.to_string().contains("etcd.username") || e.to_string().contains("etcd.password_file"), "{bad}: {e}");
         }
     }

@@ -111,7 +111,7 @@ mod tests {
             std::fs::write(&p, text).expect("write");
             assert_eq!(super::read_password(&p).ok().as_deref(), want, "{text:?}");
         }
-        let e = super::read_password(&dir.join("missing")).err().expect("missing file");
+        let e = super::read_password(&dir.join("missing")).expect_err("missing file");
         assert!(e.to_string().contains("missing"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
