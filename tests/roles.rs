@@ -71,7 +71,7 @@ async fn fleet() -> Fleet {
     // The controller serves FleetControl and calls the node with `controller` certificates.
     let tls = palisade_plane::ControlTls::from_config(&pki.control_config()).expect("controller files");
     let directory = palisade_controller::directory::Directory::new(Some(tls.clone()), Duration::from_secs(5));
-    let store = palisade_controller::store::PolicyStore::memory(Some((p, 1)));
+    let store = palisade_controller::store::FleetPolicy::memory(Some((p, 1)));
     let controller = palisade_controller::Controller::new(TEST_CLUSTER.into(), directory, store, 4);
     controller.add_static(vec![palisade_node::cluster::node_record(&node.handle.state, node.handle.wss_addr, node.handle.control_addr)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -335,7 +335,7 @@ async fn every_identity_against_node_control_and_fleet_control() {
 async fn the_insecure_controller_still_serves_plain_text() {
     palisade_testkit::init();
     let directory = palisade_controller::directory::Directory::new(None, Duration::from_secs(5));
-    let store = palisade_controller::store::PolicyStore::memory(None);
+    let store = palisade_controller::store::FleetPolicy::memory(None);
     let controller = palisade_controller::Controller::new(TEST_CLUSTER.into(), directory, store, 4);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let handle = controller.serve(listener, None, None).await;
