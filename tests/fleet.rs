@@ -269,3 +269,37 @@ async fn stopping_the_controller_leaves_every_node_serving() {
     // New clients are still admitted.
     let _c = f.open(1, "erin").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pushed_ahead_of_the_fleet_is_reported_diverged_not_ok() {
+    let f = fleet(2).await;
+    let current = f.json(&["policy", "get"]).await["version"].as_u64().expect("version");
+    // Someone pushes straight to node 0, far ahead of the fleet's etcd revision.
+    let mut direct = policy(&[&f.key]);
+    direct.origins.allow.push("https://direct.example.org".into());
+    f.nodes[0].handle.state.policy().apply(&direct, current + 1000).expect("direct push");
+    let mut p2 = policy(&[&f.key]);
+    p2.origins.allow.push("https://fleet.example.org".into());
+    // A rule for a route no node serves is allowed, with a warning.
+    p2.access = vec![palisade_policy::access::AccessRule {
+        route: "/nowhere".into(),
+        require: palisade_policy::access::Require { scopes: vec!["x".into()], ..Default::default() },
+    }];
+    let file = f.pki.dir.path().join("fleet.yaml");
+    std::fs::write(&file, p2.to_yaml()).expect("w");
+    let (code, out, err) = f.cli(&["policy", "apply", "-f", file.to_str().expect("p"), "-o", "json"]).await;
+    assert!(err.contains("warning: access[0].route: no registered node serves `/nowhere`"), "{err}");
+    assert_eq!(code, 1, "not converged: {out} {err}");
+    let r: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(r["converged"], false, "{r}");
+    let version = r["version"].as_u64().expect("version");
+    let nodes = r["nodes"].as_array().expect("nodes");
+    let id0 = f.nodes[0].handle.state.id();
+    let diverged = nodes.iter().find(|n| n["node"] == id0).expect("node 0");
+    assert_eq!(diverged["ok"], false, "ahead of the fleet is not ok: {diverged}");
+    assert_eq!(diverged["version"].as_u64(), Some(current + 1000), "{diverged}");
+    let err0 = diverged["error"].as_str().unwrap_or_default();
+    assert!(err0.contains("diverged") && err0.contains(&version.to_string()), "both versions named: {err0}");
+    let ok = nodes.iter().find(|n| n["node"] != id0).expect("node 1");
+    assert_eq!((ok["ok"].as_bool(), ok["version"].as_u64()), (Some(true), Some(version)), "{ok}");
+}

@@ -21,6 +21,12 @@ pub struct ControllerConfig {
     /// certificates chain to.
     #[serde(default)]
     pub nodes_tls: Option<TlsFiles>,
+    /// The name node control certificates are verified against. Unset: the host of each
+    /// node's registered control address. Set it when one certificate serves a whole
+    /// deployment whose nodes register pod addresses (the Helm chart sets
+    /// `<release>-node-control.<namespace>.svc`).
+    #[serde(default)]
+    pub node_server_name: Option<String>,
     #[serde(default)]
     pub etcd: Option<EtcdConfig>,
     /// How many nodes a fan-out talks to at once.

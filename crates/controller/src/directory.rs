@@ -45,6 +45,8 @@ impl Drop for NodeEntry {
 pub struct Directory {
     nodes: RwLock<BTreeMap<String, Arc<NodeEntry>>>,
     tls: Option<NodeTls>,
+    /// Verify node certificates against this name instead of each record's host.
+    server_name: Option<String>,
     timeout: Duration,
     changed: watch::Sender<u64>,
 }
@@ -59,7 +61,12 @@ pub struct BadRecord {
 
 impl Directory {
     pub fn new(tls: Option<NodeTls>, timeout: Duration) -> Arc<Directory> {
-        Arc::new(Directory { nodes: RwLock::new(BTreeMap::new()), tls, timeout, changed: watch::channel(0).0 })
+        Directory::with_server_name(tls, None, timeout)
+    }
+
+    /// As [`Directory::new`], verifying every node's certificate against `server_name`.
+    pub fn with_server_name(tls: Option<NodeTls>, server_name: Option<String>, timeout: Duration) -> Arc<Directory> {
+        Arc::new(Directory { nodes: RwLock::new(BTreeMap::new()), tls, server_name, timeout, changed: watch::channel(0).0 })
     }
 
     /// Nodes, sorted by id.
@@ -92,7 +99,8 @@ impl Directory {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{}", rec.control)).map_err(|e| bad(e.to_string()))?;
         if let Some(t) = &self.tls {
-            ep = ep.tls_config(t.client_config(rec.control_host())).map_err(|e| bad(e.to_string()))?;
+            let name = self.server_name.as_deref().unwrap_or(rec.control_host());
+            ep = ep.tls_config(t.client_config(name)).map_err(|e| bad(e.to_string()))?;
         }
         Ok(ep.connect_timeout(Duration::from_secs(2)).timeout(self.timeout).tcp_nodelay(true).connect_lazy())
     }

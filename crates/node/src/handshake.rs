@@ -172,6 +172,12 @@ pub async fn verify(state: &NodeState, policy: &CompiledPolicy, credential: Cred
     }
 }
 
+/// Step 10a: the route's access rule (required claims and scopes), if it has one. The
+/// refusal says only `forbidden`; the audit record gets the rule's index.
+pub fn access(policy: &CompiledPolicy, route: &str, claims: &Claims) -> Result<(), (Refused, usize)> {
+    policy.access.check(route, &claims.claims_b64).map_err(|d| (Refusal::Forbidden.because(d.reason), d.rule))
+}
+
 /// Step 11: per-user handshake rate, then the per-user connection cap.
 pub fn per_user(state: &NodeState, policy: &CompiledPolicy, sub: &str) -> Result<Slot<String>, Refused> {
     state.user_rate.check(policy.limits.per_user_rate, &sub.to_owned()).map_err(|retry_after| Refusal::RateLimited { retry_after })?;

@@ -17,6 +17,8 @@ pub enum Refusal {
     TokenInvalid,
     TokenExpired,
     TokenRevoked,
+    /// The route's access rule is not met (step 10a).
+    Forbidden,
     TicketInvalid,
     UpstreamUnavailable,
     Unavailable { retry_after: Duration },
@@ -30,9 +32,12 @@ impl Refusal {
             Refusal::HeadersTooLarge => 431,
             Refusal::NotFound => 404,
             Refusal::RateLimited { .. } | Refusal::TooManyConnections => 429,
-            Refusal::OriginNotAllowed | Refusal::TokenInvalid | Refusal::TokenExpired | Refusal::TokenRevoked | Refusal::TicketInvalid => {
-                403
-            }
+            Refusal::OriginNotAllowed
+            | Refusal::TokenInvalid
+            | Refusal::TokenExpired
+            | Refusal::TokenRevoked
+            | Refusal::Forbidden
+            | Refusal::TicketInvalid => 403,
             Refusal::CredentialsMissing => 401,
             Refusal::UpstreamUnavailable => 502,
             Refusal::Unavailable { .. } => 503,
@@ -53,6 +58,7 @@ impl Refusal {
             Refusal::TokenInvalid => "token_invalid",
             Refusal::TokenExpired => "token_expired",
             Refusal::TokenRevoked => "token_revoked",
+            Refusal::Forbidden => "forbidden",
             Refusal::TicketInvalid => "ticket_invalid",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::Unavailable { .. } => "unavailable",

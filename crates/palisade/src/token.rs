@@ -49,7 +49,10 @@ pub fn mint(a: &MintArgs<'_>) -> anyhow::Result<String> {
 }
 
 /// Decodes a token for display; with a policy, verifies it as a node would.
-pub fn check(token: &str, policy: Option<&palisade_policy::Policy>) -> anyhow::Result<serde_json::Value> {
+/// Decodes `token`; with a policy, verifies it as a node would and, with a `route`,
+/// applies that route's access rule: `verification` is `valid`, `forbidden`, or the
+/// refusal code.
+pub fn check(token: &str, policy: Option<&palisade_policy::Policy>, route: Option<&str>) -> anyhow::Result<serde_json::Value> {
     use base64::Engine as _;
     let parts: Vec<&str> = token.trim().split('.').collect();
     if parts.len() != 3 {
@@ -66,7 +69,13 @@ pub fn check(token: &str, policy: Option<&palisade_policy::Policy>) -> anyhow::R
         let compiled = p.compile(1)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         out["verification"] = match compiled.verifier.verify(token.trim(), now) {
-            Ok(_) => "valid".into(),
+            Ok(claims) => match route.map(|r| compiled.access.check(r, &claims.claims_b64)) {
+                Some(Err(d)) => {
+                    out["access"] = serde_json::json!({"rule": d.rule, "reason": d.reason});
+                    "forbidden".into()
+                }
+                _ => "valid".into(),
+            },
             Err(e) => format!("{} ({})", e.code(), e.reason()).into(),
         };
     }

@@ -17,6 +17,10 @@ pub struct NodeRecord {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub started_unix_ms: u64,
+    /// The route paths the node serves (so that `policy apply` can warn about an access
+    /// rule for a route no node serves).
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 impl NodeRecord {
@@ -48,6 +52,7 @@ mod tests {
             version: "0.1.0".into(),
             labels: BTreeMap::from([("zone".into(), "a".into())]),
             started_unix_ms: 1,
+            routes: vec!["/echo".into()],
         };
         let v: serde_json::Value = serde_json::to_value(&r).expect("json");
         for f in ["id", "wss", "control", "version", "labels", "started_unix_ms"] {
@@ -65,6 +70,7 @@ mod tests {
             version: String::new(),
             labels: BTreeMap::new(),
             started_unix_ms: 0,
+            routes: Vec::new(),
         };
         assert_eq!(r.control_host(), "::1");
         r.control = "node-a.internal:9443".into();

@@ -5,6 +5,7 @@
 //! carriers and JWT verification. Nothing here does I/O or needs a runtime, so all of it
 //! is unit-, property- and fuzz-testable.
 
+pub mod access;
 pub mod client_addr;
 mod compile;
 pub mod control_msg;

@@ -17,6 +17,9 @@ pub struct Policy {
     pub limits: LimitsDoc,
     pub egress: Egress,
     pub revocations: Vec<Revocation>,
+    /// Per-route authorization rules (SPEC section 7 `access`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<crate::access::AccessRule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,11 +105,15 @@ pub struct KeyDoc {
 pub struct Refresh {
     pub warning_seconds: u64,
     pub grace_seconds: u64,
+    /// A session must present a fresh token at least this often, whatever its token's
+    /// `exp` (optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u64>,
 }
 
 impl Default for Refresh {
     fn default() -> Self {
-        Refresh { warning_seconds: 60, grace_seconds: 30 }
+        Refresh { warning_seconds: 60, grace_seconds: 30, interval_seconds: None }
     }
 }
 

@@ -67,7 +67,11 @@ fn to_proto(p: &m::Policy) -> pb::Policy {
                 })
                 .collect(),
             jwks_url: a.jwks_url.clone(),
-            refresh: Some(pb::Refresh { warning_seconds: Some(a.refresh.warning_seconds), grace_seconds: Some(a.refresh.grace_seconds) }),
+            refresh: Some(pb::Refresh {
+                warning_seconds: Some(a.refresh.warning_seconds),
+                grace_seconds: Some(a.refresh.grace_seconds),
+                interval_seconds: a.refresh.interval_seconds,
+            }),
             tickets: Some(pb::Tickets { ttl_seconds: Some(a.tickets.ttl_seconds) }),
         }),
         limits: Some(pb::Limits {
@@ -95,6 +99,14 @@ fn to_proto(p: &m::Policy) -> pb::Policy {
                 expires: r.expires.clone(),
             })
             .collect(),
+        access: p
+            .access
+            .iter()
+            .map(|r| pb::AccessRule {
+                route: r.route.clone(),
+                claims: r.require.claims.iter().map(|(k, v)| (k.clone(), pb::ClaimValues { values: v.clone() })).collect(),
+                scopes: r.require.scopes.clone(),
+            }).collect(),
     }
 }
 
@@ -139,6 +151,7 @@ fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
         if let Some(r) = &a.refresh {
             set(&mut d.refresh.warning_seconds, r.warning_seconds);
             set(&mut d.refresh.grace_seconds, r.grace_seconds);
+            d.refresh.interval_seconds = r.interval_seconds;
         }
         if let Some(t) = &a.tickets {
             set(&mut d.tickets.ttl_seconds, t.ttl_seconds);
@@ -181,6 +194,17 @@ fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
             expires: r.expires.clone(),
         })
         .collect();
+    out.access = p
+        .access
+        .iter()
+        .map(|r| crate::access::AccessRule {
+            route: r.route.clone(),
+            require: crate::access::Require {
+                claims: r.claims.iter().map(|(k, v)| (k.clone(), v.values.clone())).collect(),
+                scopes: r.scopes.clone(),
+            },
+        })
+        .collect();
     Ok(out)
 }
 
@@ -216,7 +240,7 @@ auth:
   max_token_lifetime_seconds: 3600
   keys:
     - { kid: "legacy", alg: HS256, secret_base64: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=" }
-  refresh: { warning_seconds: 30, grace_seconds: 5 }
+  refresh: { warning_seconds: 30, grace_seconds: 5, interval_seconds: 600 }
   tickets: { ttl_seconds: 20 }
 limits:
   max_connections: 10
@@ -230,6 +254,9 @@ egress: { alert_bytes_per_minute: 1000, action: disconnect }
 revocations:
   - { sub: "user-42", issued_before: "2026-11-25T10:00:00Z" }
   - { jti: "b1946ac9", expires: "2026-11-26T10:00:00Z" }
+access:
+  - { route: /admin, require: { claims: { role: [admin, ops] }, scopes: ["ws:admin"] } }
+  - { route: /ops, require: { scopes: [a, b] } }
 "#;
         let doc = m::Policy::from_yaml_or_json(yaml).expect("yaml");
         assert_eq!(from_proto(&to_proto(&doc)).expect("back"), doc);

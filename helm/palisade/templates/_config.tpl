@@ -76,6 +76,8 @@ cluster = {{ .Values.cluster | quote }}
 listen = "0.0.0.0:{{ int $c.port }}"
 push_concurrency = {{ int $c.pushConcurrency }}
 node_timeout_ms = {{ int $c.nodeTimeoutMs }}
+# Nodes register their pod address; their one control certificate names the service.
+node_server_name = "{{ include "palisade.fullname" . }}-node-control.{{ .Release.Namespace }}.svc"
 
 # FleetControl server: its certificate, and the CA operator certificates chain to.
 [tls]

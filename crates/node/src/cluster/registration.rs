@@ -34,6 +34,11 @@ pub fn node_record(state: &NodeState, wss: SocketAddr, control: Option<SocketAdd
         version: env!("CARGO_PKG_VERSION").into(),
         labels: etcd.map(|e| e.labels.clone()).unwrap_or_default(),
         started_unix_ms: state.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        routes: {
+            let mut r: Vec<String> = state.routes.keys().cloned().collect();
+            r.sort();
+            r
+        },
     }
 }
 
