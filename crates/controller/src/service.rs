@@ -32,6 +32,10 @@ pub struct Controller {
     /// Serialises read-modify-write policy changes of this controller (etcd's compare
     /// protects against other controllers).
     policy_lock: tokio::sync::Mutex<()>,
+    /// Followers of `WatchEvents` and the node event streams they need.
+    pub events: Arc<crate::events::EventHub>,
+    /// OTLP export (SPEC section 9), started by `serve`.
+    pub(crate) telemetry: crate::telemetry::ControllerTelemetry,
 }
 
 pub struct ControllerHandle {
@@ -45,16 +49,27 @@ impl ControllerHandle {
     /// Stops serving, following the registry, and watching the nodes.
     pub fn stop(&self) {
         self.stop.send_replace(true);
+        self.controller.events.stop();
         self.controller.directory.replace_all(Vec::new());
     }
     pub async fn join(self) {
         let _ = self.task.await;
+        self.controller.telemetry.shutdown().await;
     }
 }
 
 impl Controller {
     pub fn new(cluster: String, directory: Arc<Directory>, store: FleetPolicy, concurrency: usize) -> Arc<Controller> {
-        Arc::new(Controller { cluster, directory, store, concurrency, policy_lock: tokio::sync::Mutex::new(()) })
+        let events = crate::events::EventHub::new(directory.clone());
+        Arc::new(Controller {
+            cluster,
+            directory,
+            store,
+            concurrency,
+            policy_lock: tokio::sync::Mutex::new(()),
+            events,
+            telemetry: Default::default(),
+        })
     }
 
     /// Builds a controller from its configuration: etcd discovery and store when
@@ -64,7 +79,7 @@ impl Controller {
             Some(t) => Some(NodeTls::from_config(t).map_err(|e| format!("nodes_tls: cannot read {e}"))?),
             None => None,
         };
-        let dir = Directory::new(nodes_tls, Duration::from_millis(cfg.node_timeout_ms));
+        let dir = Directory::with_server_name(nodes_tls, cfg.node_server_name.clone(), Duration::from_millis(cfg.node_timeout_ms));
         let (store, etcd) = match &cfg.etcd {
             Some(e) => {
                 let opts = palisade_plane::etcd::connect_options(
@@ -101,6 +116,7 @@ impl Controller {
         let svc = FleetControlServer::new(Service { c: self.clone() }).max_decoding_message_size(4 * 1024 * 1024);
         // Operators of the controller's cluster only.
         let access = tls.as_ref().map(|_| palisade_plane::Access::controller(&self.cluster));
+        let tracer = self.telemetry.start(&self.cluster, addr, &self.directory);
         let task = tokio::spawn(async move {
             let _health = health;
             if let Err(e) = palisade_plane::grpc::serve_grpc(
@@ -111,6 +127,7 @@ impl Controller {
                 tls,
                 access,
                 stop_rx,
+                tracer,
             )
             .await
             {
@@ -128,7 +145,7 @@ impl Controller {
         }
     }
 
-    fn targets(&self, node_id: &str) -> Result<Vec<Arc<NodeEntry>>, Status> {
+    pub(crate) fn targets(&self, node_id: &str) -> Result<Vec<Arc<NodeEntry>>, Status> {
         if node_id.is_empty() {
             return Ok(self.directory.snapshot());
         }
@@ -136,7 +153,7 @@ impl Controller {
     }
 
     /// Calls `f` on every target node, `concurrency` at a time; results sorted by node id.
-    async fn fan_out<T, F, Fut>(&self, nodes: Vec<Arc<NodeEntry>>, f: F) -> Vec<(String, Result<T, Status>)>
+    pub(crate) async fn fan_out<T, F, Fut>(&self, nodes: Vec<Arc<NodeEntry>>, f: F) -> Vec<(String, Result<T, Status>)>
     where
         F: Fn(Arc<NodeEntry>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -144,8 +161,10 @@ impl Controller {
         let mut out: Vec<(String, Result<T, Status>)> = futures_util::stream::iter(nodes)
             .map(|n| {
                 let id = n.record.id.clone();
+                // One child span per node call; the call's request carries its context.
+                let span = self.telemetry.node_call(&n);
                 let fut = f(n);
-                async move { (id, fut.await) }
+                async move { (id, crate::telemetry::traced(span, fut).await) }
             })
             .buffer_unordered(self.concurrency)
             .collect()
@@ -160,8 +179,10 @@ impl Controller {
         doc.compile(1).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let current = self.store.get().await.map_err(store_status)?.map_or(0, |(_, v)| v);
         let version = if dry_run { current + 1 } else { self.store.put(&doc, expected.unwrap_or(current)).await.map_err(store_status)? };
+        let pushing = std::time::Instant::now();
         let results = self.push(&doc, version, dry_run).await;
         let converged = results.iter().all(|r| r.ok);
+        self.telemetry.policy_pushed(pushing.elapsed(), converged, dry_run);
         tracing::info!(event = "policy_pushed", version, dry_run, nodes = results.len(), converged);
         Ok((version, results, converged))
     }
@@ -173,7 +194,7 @@ impl Controller {
                 let req = npb::ApplyPolicyRequest { policy: Some(versioned.clone()), dry_run };
                 async move {
                     let mut c = n.client.clone();
-                    match c.apply_policy(req).await {
+                    match c.apply_policy(palisade_plane::telemetry::request(req)).await {
                         Ok(r) => Ok(r.into_inner().version),
                         // Stale: the node says which version it serves. The same as ours
                         // (its etcd watch was faster) is converged; a newer one means
@@ -224,12 +245,16 @@ impl Controller {
                 async move {
                     let mut c = n.client.clone();
                     match op {
-                        NodeOp::Disconnect { code, reason } => {
-                            Ok(c.disconnect(npb::DisconnectRequest { selector: sel, code, reason }).await?.into_inner().closed)
-                        }
-                        NodeOp::Send { payload, binary } => {
-                            Ok(c.send(npb::SendRequest { selector: sel, payload, binary }).await?.into_inner().delivered)
-                        }
+                        NodeOp::Disconnect { code, reason } => Ok(c
+                            .disconnect(palisade_plane::telemetry::request(npb::DisconnectRequest { selector: sel, code, reason }))
+                            .await?
+                            .into_inner()
+                            .closed),
+                        NodeOp::Send { payload, binary } => Ok(c
+                            .send(palisade_plane::telemetry::request(npb::SendRequest { selector: sel, payload, binary }))
+                            .await?
+                            .into_inner()
+                            .delivered),
                     }
                 }
             })
@@ -265,7 +290,11 @@ impl Controller {
                 async move {
                     let mut c = n.client.clone();
                     let r = c
-                        .list_connections(npb::ListConnectionsRequest { selector: sel, page_size: limit, page_token: String::new() })
+                        .list_connections(palisade_plane::telemetry::request(npb::ListConnectionsRequest {
+                            selector: sel,
+                            page_size: limit,
+                            page_token: String::new(),
+                        }))
                         .await?;
                     Ok(r.into_inner().connections)
                 }
@@ -331,6 +360,7 @@ impl FleetControl for Service {
                 labels: n.record.labels.clone().into_iter().collect(),
                 started_unix_ms: n.record.started_unix_ms,
                 reachable: n.reachable.load(Ordering::Relaxed),
+                routes: n.record.routes.clone(),
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
@@ -439,7 +469,7 @@ impl FleetControl for Service {
                 // whose stream has no recent value is asked once.
                 match n.latest_stats(STATS_MAX_AGE) {
                     Some(s) => Ok(s),
-                    None => Ok(n.client.clone().get_stats(npb::GetStatsRequest {}).await?.into_inner()),
+                    None => Ok(n.client.clone().get_stats(palisade_plane::telemetry::request(npb::GetStatsRequest {})).await?.into_inner()),
                 }
             })
             .await;
@@ -488,7 +518,12 @@ impl FleetControl for Service {
     async fn drain(&self, r: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
         let r = r.into_inner();
         let node = self.c.directory.get(&r.node_id).ok_or_else(|| Status::not_found(format!("node {} is not registered", r.node_id)))?;
-        let resp = node.client.clone().drain(npb::DrainRequest { deadline_seconds: r.deadline_seconds }).await?.into_inner();
+        let resp = node
+            .client
+            .clone()
+            .drain(palisade_plane::telemetry::request(npb::DrainRequest { deadline_seconds: r.deadline_seconds }))
+            .await?
+            .into_inner();
         Ok(Response::new(pb::DrainResponse { node_id: r.node_id, sessions_at_start: resp.sessions_at_start }))
     }
 
@@ -497,6 +532,12 @@ impl FleetControl for Service {
         palisade_plane::Selector::from_proto(r.selector.as_ref())?;
         let (connections, unreachable_node_ids) = self.c.connections(&r.node_id, r.selector, r.limit_per_node).await?;
         Ok(Response::new(pb::ListConnectionsResponse { connections, unreachable_node_ids }))
+    }
+
+    type WatchEventsStream = crate::events::EventsStream;
+
+    async fn watch_events(&self, r: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Ok(Response::new(crate::events::watch_events(&self.c, r.into_inner()).await?))
     }
 }
 

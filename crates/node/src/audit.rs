@@ -3,7 +3,11 @@
 //! query string is logged with `access_token`, `token` and `ticket` masked.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Instant;
+
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
 
 /// What a handshake learned, filled in step by step.
 pub struct Attempt {
@@ -16,11 +20,21 @@ pub struct Attempt {
     pub query_masked: Option<String>,
     pub subject: Option<String>,
     pub carrier: Option<&'static str>,
+    /// The index of the access rule that refused the token (step 10a).
+    pub access_rule: Option<usize>,
+    /// The trace id of the `ws.handshake` span when traces are exported, else random.
     pub trace_id: String,
+    /// The `ws.handshake` span (SPEC section 9), ended by `emit`.
+    span: Mutex<Option<opentelemetry_sdk::trace::Span>>,
+    span_id: String,
 }
 
 impl Attempt {
-    pub fn new(peer: SocketAddr) -> Self {
+    /// Starts the attempt, and its `ws.handshake` span (a trace root) with `tracer`.
+    pub fn new(peer: SocketAddr, tracer: Option<&opentelemetry_sdk::trace::SdkTracer>) -> Self {
+        let span = tracer.map(|t| t.span_builder("ws.handshake").with_kind(SpanKind::Server).start_with_context(t, &Context::new()));
+        let (trace_id, span_id) =
+            span.as_ref().and_then(|s| palisade_plane::telemetry::ids(s.span_context())).unwrap_or_else(|| (new_trace_id(), String::new()));
         Attempt {
             started: Instant::now(),
             conn_id: format!("{:016x}", rand::random::<u64>()),
@@ -31,15 +45,34 @@ impl Attempt {
             query_masked: None,
             subject: None,
             carrier: None,
-            trace_id: new_trace_id(),
+            access_rule: None,
+            trace_id,
+            span: Mutex::new(span),
+            span_id,
         }
     }
 
     /// Emits the record. `code` is `ok` for an accepted handshake; `reason` is the
     /// internal detail for operators (which check failed), never sent to the client.
-    pub fn emit(&self, node: &str, accepted: bool, status: u16, code: &str, reason: &str) {
+    /// The record is emitted inside the attempt's span (its log record carries the span's
+    /// ids), which then ends.
+    pub fn emit(&self, state: &crate::state::NodeState, accepted: bool, status: u16, code: &str, reason: &str) {
+        let node = state.id();
         let duration_us = self.started.elapsed().as_micros() as u64;
         let client = self.client.unwrap_or(self.peer.ip());
+        state.events.publish(|| crate::events::handshake(self, client, accepted, status, code, reason, duration_us));
+        state.counters.breakdown.handshake(code);
+        if let Some(t) = state.telemetry.get() {
+            t.record_handshake(accepted, self.started.elapsed().as_secs_f64());
+        }
+        let span = self.span.lock().unwrap_or_else(|p| p.into_inner()).take().map(|mut s| {
+            s.set_attributes(self.span_attributes(client, accepted, status, code, duration_us));
+            if status >= 500 {
+                s.set_status(Status::error(code.to_owned()));
+            }
+            Context::new().with_span(s)
+        });
+        let current = span.clone().map(Context::attach);
         tracing::info!(
             target: "palisade::audit",
             event = "handshake",
@@ -56,9 +89,42 @@ impl Attempt {
             status,
             code,
             reason,
+            access_rule = self.access_rule.map(|i| i as u64),
             duration_us,
             trace_id = %self.trace_id,
+            span_id = %self.span_id,
         );
+        drop(current);
+        if let Some(cx) = span {
+            cx.span().end();
+        }
+    }
+
+    /// Semantic-convention names where they exist; never a token, a key or a ticket.
+    fn span_attributes(&self, client: IpAddr, accepted: bool, status: u16, code: &str, duration_us: u64) -> Vec<KeyValue> {
+        let mut a = vec![
+            KeyValue::new("client.address", client.to_string()),
+            KeyValue::new("network.peer.address", self.peer.ip().to_string()),
+            KeyValue::new("network.peer.port", i64::from(self.peer.port())),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("palisade.result", crate::telemetry::result(accepted)),
+            KeyValue::new("palisade.code", code.to_owned()),
+            KeyValue::new("palisade.duration_us", duration_us as i64),
+            KeyValue::new("palisade.conn.id", self.conn_id.clone()),
+        ];
+        if let Some(r) = &self.route {
+            a.push(KeyValue::new("http.route", r.clone()));
+        }
+        if let Some(c) = self.carrier {
+            a.push(KeyValue::new("palisade.carrier", c));
+        }
+        if let Some(s) = &self.subject {
+            a.push(KeyValue::new("enduser.id", s.clone()));
+        }
+        if let Some(o) = &self.origin {
+            a.push(KeyValue::new("http.request.header.origin", o.clone()));
+        }
+        a
     }
 }
 

@@ -35,8 +35,10 @@ pub async fn spawn(
         let _health = health; // keeps the serving status registered
         // The controller and operators of the node's cluster; a node's certificate calls nothing.
         let access = tls.as_ref().map(|_| Access::node(&state.cluster));
+        let tracer = state.tracer().cloned();
         if let Err(e) =
-            serve_grpc("palisade.node.v1.NodeControl", move |r| r.add_service(svc), health_service, listener, tls, access, stop).await
+            serve_grpc("palisade.node.v1.NodeControl", move |r| r.add_service(svc), health_service, listener, tls, access, stop, tracer)
+                .await
         {
             tracing::error!(event = "control_plane_failed", node = %state.id, error = %e);
         }
@@ -123,23 +125,36 @@ impl NodeControl for NodeControlService {
     }
 
     async fn apply_policy(&self, req: Request<pb::ApplyPolicyRequest>) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let trace_id = crate::events::trace_id_of(req.metadata());
         let req = req.into_inner();
         let v = req.policy.ok_or_else(|| Status::invalid_argument("policy: required"))?;
         if v.version == 0 {
             return Err(Status::invalid_argument("policy.version: must be at least 1"));
         }
         let doc = wire::document(&v).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let compiled = crate::policy_store::validate(&doc, v.version).map_err(apply_status)?;
+        let rejected = |e: &ApplyError| {
+            let why = crate::events::rejection(e);
+            self.state.events.publish(|| crate::events::policy("push", v.version, Some(why), trace_id.clone()));
+        };
+        let compiled = crate::policy_store::validate(&doc, v.version)
+            .inspect_err(|e| {
+                if !req.dry_run {
+                    rejected(e)
+                }
+            })
+            .map_err(apply_status)?;
         if req.dry_run {
             // A dry run only validates: its version orders nothing.
             return Ok(Response::new(pb::ApplyPolicyResponse { version: self.state.policy.version(), applied: false, dry_run: true }));
         }
-        let stored = self.state.policy.store(compiled).map_err(|e| self.stale_status(e))?;
+        let stored = self.state.policy.store(compiled).inspect_err(rejected).map_err(|e| self.stale_status(e))?;
+        self.state.events.publish(|| crate::events::policy("push", v.version, None, trace_id.clone()));
         tracing::info!(event = "policy_applied", node = %self.state.id, version = v.version, unchanged = stored == crate::policy_store::Stored::Unchanged);
         Ok(Response::new(pb::ApplyPolicyResponse { version: v.version, applied: true, dry_run: false }))
     }
 
     async fn disconnect(&self, req: Request<pb::DisconnectRequest>) -> Result<Response<pb::DisconnectResponse>, Status> {
+        let trace_id = crate::events::trace_id_of(req.metadata());
         let req = req.into_inner();
         let sel = selector(req.selector)?.ok_or_else(|| Status::invalid_argument("selector: required (use all=true for everyone)"))?;
         let code = match req.code {
@@ -148,7 +163,8 @@ impl NodeControl for NodeControlService {
             _ => return Err(Status::invalid_argument("code: must be 4000-4999 (0 means 4003)")),
         };
         let reason: String = req.reason.chars().take(100).collect();
-        let closed = self.state.registry.dispatch(&sel, Command::Close { code, reason });
+        let closed = self.state.registry.dispatch(&sel, Command::Close { code, reason: reason.clone() });
+        self.state.events.publish(|| crate::events::disconnect(&sel, code, &reason, closed, trace_id));
         tracing::info!(event = "disconnect", node = %self.state.id, code, closed);
         Ok(Response::new(pb::DisconnectResponse { closed: closed as u32 }))
     }
@@ -240,5 +256,11 @@ impl NodeControl for NodeControlService {
         let state = self.state.clone();
         tokio::spawn(async move { crate::drain::drain(&state, deadline).await });
         Ok(Response::new(pb::DrainResponse { sessions_at_start: at_start }))
+    }
+
+    type WatchEventsStream = crate::events::EventsStream;
+
+    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Ok(Response::new(crate::events::watch(&self.state, req.into_inner())))
     }
 }

@@ -47,7 +47,7 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
     }; // 2, 3
     let (mut buf, head_len) = head_read.unwrap_or_default();
     let rest = buf.split_off(head_len);
-    let mut attempt = Attempt::new(peer);
+    let mut attempt = Attempt::new(peer, state.tracer());
     let result = async {
         if head_len == 0 {
             return Err(Refusal::HeadersTooLarge.into());
@@ -91,6 +91,10 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
         attempt.carrier = Some(credential.carrier().as_str());
         let claims = step::verify(&state, &policy, credential, &head).await?; // 10
         attempt.subject = Some(claims.sub.clone());
+        step::access(&policy, &route.path, &claims).map_err(|(r, rule)| {
+            attempt.access_rule = Some(rule);
+            r
+        })?; // 10a
         let user_slot = step::per_user(&state, &policy, &claims.sub)?; // 11
         let (mut app_protocol, offered_protocols) = step::subprotocols(&head);
         let upstream = step::upstream(&route, &claims, client, &attempt.conn_id, &offered_protocols, &policy).await?; // 12
@@ -105,12 +109,12 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
     match result {
         Ok(Passed::Probe(status, body)) => respond(&mut stream, status, &[], body).await,
         Ok(Passed::Ticket(body)) => {
-            attempt.emit(&state.id, true, 201, "ticket_issued", "");
+            attempt.emit(&state, true, 201, "ticket_issued", "");
             respond(&mut stream, 201, &[], &body).await;
         }
         Err(Refused { refusal, reason }) => {
             state.counters.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-            attempt.emit(&state.id, false, refusal.status(), refusal.code(), reason);
+            attempt.emit(&state, false, refusal.status(), refusal.code(), reason);
             let extra = refusal.headers();
             let headers: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let _ = tokio::time::timeout(Duration::from_secs(2), respond(&mut stream, refusal.status(), &headers, &refusal.body())).await;
@@ -197,18 +201,18 @@ async fn upgrade(
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
-    let reg = crate::session::register(&state, &accepted, attempt.conn_id.clone());
+    let reg = crate::session::register(&state, &accepted, &attempt);
     let written = async {
         stream.write_all(response.as_bytes()).await?;
         stream.flush().await
     };
     if written.await.is_err() {
         state.registry.remove(&reg.conn_id);
-        attempt.emit(&state.id, false, 101, "client_gone", "write_101");
+        attempt.emit(&state, false, 101, "client_gone", "write_101");
         return;
     }
     state.counters.handshakes_accepted.fetch_add(1, Ordering::Relaxed);
-    attempt.emit(&state.id, true, 101, "ok", "");
+    attempt.emit(&state, true, 101, "ok", "");
     stream.unread(rest);
     tokio::spawn(crate::session::run(state, stream, accepted, policy, reg, link, open));
 }

@@ -68,6 +68,9 @@ impl Node {
         };
         let policy_file = config.policy_file.clone();
         let state = NodeState::new(config).map_err(NodeError::Route)?;
+        if let Some(t) = crate::telemetry::start(&state) {
+            let _ = state.telemetry.set(t);
+        }
         if let Some(path) = policy_file {
             let p = path.display().to_string();
             let text = std::fs::read_to_string(&path).map_err(|source| NodeError::PolicyRead { path: p.clone(), source })?;
@@ -155,6 +158,9 @@ impl NodeHandle {
         }
         for t in self.cluster_tasks {
             let _ = t.await;
+        }
+        if let Some(t) = self.state.telemetry.get() {
+            t.telemetry.shutdown().await;
         }
     }
 }

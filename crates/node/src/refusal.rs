@@ -9,7 +9,9 @@ pub enum Refusal {
     UpgradeRequired,
     HeadersTooLarge,
     NotFound,
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+    },
     TooManyConnections,
     OriginNotAllowed,
     CredentialsMissing,
@@ -21,7 +23,9 @@ pub enum Refusal {
     Forbidden,
     TicketInvalid,
     UpstreamUnavailable,
-    Unavailable { retry_after: Duration },
+    Unavailable {
+        retry_after: Duration,
+    },
 }
 
 impl Refusal {

@@ -128,9 +128,13 @@ pub struct Registration {
     pub conn_id: String,
     counters: Arc<ConnCounters>,
     ctl_rx: flume::Receiver<Command>,
+    /// The handshake's trace id and start, for the session's end event.
+    trace_id: String,
+    started: Instant,
 }
 
-pub fn register(state: &NodeState, acc: &Accepted, conn_id: String) -> Registration {
+pub fn register(state: &NodeState, acc: &Accepted, attempt: &crate::audit::Attempt) -> Registration {
+    let conn_id = attempt.conn_id.clone();
     let counters = Arc::new(ConnCounters::default());
     let (ctl_tx, ctl_rx) = flume::unbounded();
     state.registry.insert(
@@ -145,7 +149,7 @@ pub fn register(state: &NodeState, acc: &Accepted, conn_id: String) -> Registrat
         },
         ctl_tx,
     );
-    Registration { conn_id, counters, ctl_rx }
+    Registration { conn_id, counters, ctl_rx, trace_id: attempt.trace_id.clone(), started: Instant::now() }
 }
 
 pub async fn run(
@@ -157,7 +161,7 @@ pub async fn run(
     upstream: Option<UpstreamLink>,
     _open: OpenGuard,
 ) {
-    let Registration { conn_id, counters, ctl_rx } = reg;
+    let Registration { conn_id, counters, ctl_rx, trace_id, started } = reg;
     let limits = Arc::new(Limits::new(&policy));
     let (rd, wr) = tokio::io::split(stream);
     let (outbox, out_rx) = Outbox::new(state.clone(), counters.clone(), limits.clone(), &acc.claims.sub);
@@ -198,13 +202,28 @@ pub async fn run(
         last_refill: Instant::now(),
         schema_violations: 0,
         warned_for_exp: None,
+        authenticated_at: crate::handshake::unix_now(),
         up_tx: up.as_ref().map(|u| u.0.clone()),
         conn_id: conn_id.clone(),
     };
     let up_rx = up.as_mut().map(|u| std::mem::replace(&mut u.1, flume::bounded(1).1));
     let code = s.run_loop(in_rx, ctl_rx, up_rx).await;
     state.registry.remove(&conn_id);
-    tracing::debug!(event = "session_closed", conn.id = %conn_id, code);
+    crate::telemetry::session_closed(&state, &conn_id, &trace_id, &s.acc.claims.sub, &s.acc.route.path, code, started, &counters);
+    state.events.publish(|| crate::events::Event {
+        kind: crate::events::kind::SESSION_CLOSED,
+        conn_id: conn_id.clone(),
+        client_address: s.acc.client.to_string(),
+        route: s.acc.route.path.clone(),
+        subject: s.acc.claims.sub.clone(),
+        result: "closed",
+        close_code: code,
+        trace_id,
+        duration_us: started.elapsed().as_micros() as u64,
+        bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+        bytes_out: counters.bytes_out.load(Ordering::Relaxed),
+        ..Default::default()
+    });
     drop(s);
     // Wait for the writer to flush the close frame, then for the client's reply (or EOF),
     // so that no unread data makes the kernel answer with a reset; at the end of the

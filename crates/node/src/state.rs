@@ -63,6 +63,8 @@ pub struct Counters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub egress_alerts: AtomicU64,
+    /// Handshakes by code and disconnects by close code (metrics).
+    pub breakdown: crate::telemetry::Breakdown,
 }
 
 pub struct NodeState {
@@ -94,6 +96,10 @@ pub struct NodeState {
     pub(crate) egress: crate::egress::EgressMeter,
     /// Keys from the policy's `auth.jwks_url`, when it has one.
     pub(crate) jwks: crate::jwks::JwksHolder,
+    /// Audit events for `WatchEvents` (bounded, never waits).
+    pub(crate) events: crate::events::EventBus,
+    /// OTLP export (SPEC section 9), set once at bind; empty when nothing is exported.
+    pub(crate) telemetry: std::sync::OnceLock<crate::telemetry::NodeTelemetry>,
 }
 
 impl NodeState {
@@ -132,6 +138,8 @@ impl NodeState {
             counters: Counters::default(),
             egress: Default::default(),
             jwks: Default::default(),
+            events: Default::default(),
+            telemetry: Default::default(),
             config,
         }))
     }
@@ -164,6 +172,16 @@ impl NodeState {
 
     pub fn jwks(&self) -> &crate::jwks::JwksHolder {
         &self.jwks
+    }
+
+    /// The node's tracer, when traces are exported.
+    pub(crate) fn tracer(&self) -> Option<&opentelemetry_sdk::trace::SdkTracer> {
+        self.telemetry.get()?.telemetry.tracer()
+    }
+
+    /// The audit events `WatchEvents` streams.
+    pub fn events(&self) -> &crate::events::EventBus {
+        &self.events
     }
 
     pub fn etcd(&self) -> Option<&Arc<crate::etcd::Etcd>> {

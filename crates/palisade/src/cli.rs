@@ -12,6 +12,9 @@ pub struct Cli {
     pub command: Command,
     #[command(flatten)]
     pub conn: crate::ops::Conn,
+    /// Say more: an operator command prints its trace id (on stderr) when traced.
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,6 +101,28 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The fleet's audit events (handshakes, session ends, disconnects, policy changes,
+    /// egress alerts), each with its trace id: the recent ones, or new ones with --follow.
+    Events {
+        /// Keep watching and print new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only this subject's events.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this node's events.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only events with this result.
+        #[arg(long, value_parser = ["accepted", "refused", "closed", "applied", "rejected", "alert"])]
+        result: Option<String>,
+        /// Only events with this code (`token_invalid`) or close code (`4003`).
+        #[arg(long)]
+        code: Option<String>,
+        /// Without --follow: at most this many, the newest (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Gracefully drain one node.
     Drain {
         node: String,
@@ -147,22 +172,35 @@ pub enum TokenCommand {
         #[arg(long)]
         jti: Option<String>,
     },
-    /// Decode a token; with --policy, verify it as a node would.
+    /// Decode a token; with --policy, verify it as a node would (and with --route, apply
+    /// that route's access rule): prints `valid`, `forbidden` or the refusal code.
     Check {
         token: String,
         #[arg(long)]
         policy: Option<PathBuf>,
+        #[arg(long, requires = "policy")]
+        route: Option<String>,
     },
 }
 
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("PALISADE_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).try_init();
+/// The process's logging and the telemetry settings (SPEC section 9): JSON lines on
+/// stdout, or text (`PALISADE_LOG_FORMAT=text`, and `palisade dev` on a terminal); OTLP
+/// log records too when logs are exported. Invalid `OTEL_*` settings stop the start.
+pub fn init_logging(dev: bool) -> anyhow::Result<()> {
+    let signals = palisade_plane::telemetry::process_signals().clone().map_err(anyhow::Error::msg)?;
+    palisade_plane::telemetry::init_logging(palisade_plane::telemetry::LogFormat::from_env(dev), signals.logs);
+    Ok(())
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let verbose = cli.verbose;
+    match crate::trace::verb(&cli.command) {
+        Some(verb) => crate::trace::operator(&verb, verbose, run_command(cli)).await,
+        None => run_command(cli).await,
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let conn = cli.conn;
     match cli.command {
         Command::Controller { config, check_config: true, insecure_control_plane } => {
@@ -170,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Controller { config, insecure_control_plane, .. } => {
-            init_logging();
+            init_logging(false)?;
             let cfg = palisade_controller::ControllerConfig::load(&config, insecure_control_plane)?;
             if insecure_control_plane {
                 tracing::warn!(event = "insecure_control_plane", "the control plane is PLAIN TEXT without client authentication");
@@ -196,12 +234,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Disconnect { target, node, code, reason } => crate::ops::disconnect(&conn, target, node, code, reason).await,
         Command::Send { target, data, node } => crate::ops::send(&conn, target, data, node).await,
         Command::Drain { node, deadline } => crate::ops::drain(&conn, node, deadline).await,
+        Command::Events { follow, user, node, result, code, limit } => {
+            crate::ops::events(&conn, crate::ops::EventsArgs { follow, user, node, result, code, limit }).await
+        }
         Command::Node { config, check_config: true, insecure_control_plane } => {
             crate::check::print(crate::check::node(&config, insecure_control_plane)?);
             Ok(())
         }
         Command::Node { config, insecure_control_plane, .. } => {
-            init_logging();
+            init_logging(false)?;
             let mut cfg = palisade_node::NodeConfig::load_with(&config, insecure_control_plane)?;
             cfg.insecure_control_plane = insecure_control_plane;
             let node = palisade_node::Node::bind(cfg).await?;
@@ -212,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { dir, nodes, etcd, upstream } => {
-            init_logging();
+            init_logging(true)?;
             crate::dev::run(crate::dev::DevOptions { dir, nodes, etcd, upstream }).await
         }
         Command::Token { command } => match command {
@@ -231,7 +272,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{token}");
                 Ok(())
             }
-            TokenCommand::Check { token, policy } => {
+            TokenCommand::Check { token, policy, route } => {
                 let policy = match policy {
                     Some(p) => {
                         let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -239,7 +280,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
-                let out = crate::token::check(&token, policy.as_ref())?;
+                let out = crate::token::check(&token, policy.as_ref(), route.as_deref())?;
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 if out.get("verification").is_some_and(|v| v != "valid") {
                     anyhow::bail!("token refused: {}", out["verification"]);

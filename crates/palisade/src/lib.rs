@@ -5,3 +5,4 @@ pub mod cli;
 pub mod dev;
 pub mod ops;
 pub mod token;
+pub mod trace;

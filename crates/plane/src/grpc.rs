@@ -10,11 +10,12 @@ use tonic::transport::Server;
 use tower_layer::{Identity, Stack};
 
 use crate::roles::{Access, AccessLayer};
+use crate::telemetry::RpcTraceLayer;
 use crate::tls::ControlTls;
 
 /// The router `serve_grpc` hands to its caller: every service added to it sits behind
 /// the [`AccessLayer`].
-pub type Router = tonic::transport::server::Router<Stack<AccessLayer, Identity>>;
+pub type Router = tonic::transport::server::Router<Stack<AccessLayer, Stack<RpcTraceLayer, Identity>>>;
 
 /// Serves the services `router_for` adds (plus health and reflection) on `listener` until
 /// `stop` turns true. Reflection advertises `service_name` and health only: the
@@ -24,6 +25,10 @@ pub type Router = tonic::transport::server::Router<Stack<AccessLayer, Identity>>
 /// and reflection included. `tls` and `access` go together: both `None` is the plain-text
 /// mode of `--insecure-control-plane`; TLS without a rule refuses every call, and so does
 /// a rule without TLS (no certificate to check).
+///
+/// `tracer`: each request gets a server span, child of the `traceparent` it carries
+/// ([`RpcTraceLayer`], outside the role check so refusals are traced too).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_grpc(
     service_name: &str,
     router_for: impl FnOnce(Router) -> Router,
@@ -32,6 +37,7 @@ pub async fn serve_grpc(
     tls: Option<ControlTls>,
     access: Option<Access>,
     mut stop: watch::Receiver<bool>,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 ) -> Result<(), tonic::transport::Error> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -49,7 +55,8 @@ pub async fn serve_grpc(
     if let Some(t) = &tls {
         builder = builder.tls_config(t.server_config())?;
     }
-    let mut router = builder.layer(AccessLayer::new(service_name, tls.is_some(), access)).add_service(health_service);
+    let mut router =
+        builder.layer(RpcTraceLayer::new(tracer)).layer(AccessLayer::new(service_name, tls.is_some(), access)).add_service(health_service);
     if let Ok(r) = reflection_v1 {
         router = router.add_service(r);
     }

@@ -8,6 +8,8 @@
 //! - [`etcd`]: etcd connect options and the key layout of SPEC section 8;
 //! - [`record`]: the node's registry record;
 //! - [`selector`]: which sessions an operator command targets;
+//! - [`telemetry`]: OTLP export set up from `OTEL_*`, per-service providers, log
+//!   output, RPC spans and trace context in gRPC metadata;
 //! - `pki` (feature `dev-pki`): the dev and test PKI.
 
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod pki;
 pub mod record;
 pub mod roles;
 pub mod selector;
+pub mod telemetry;
 pub mod tls;
 
 pub use record::NodeRecord;

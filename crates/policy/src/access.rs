@@ -178,8 +178,9 @@ mod tests {
 
     #[test]
     fn every_scope_is_required_and_numbers_compare_as_text() {
-        let r = rules("- { route: /a, require: { scopes: [x, y] } }\n- { route: /b, require: { claims: { level: ['3'], admin: ['true'] } } }")
-            .expect("valid");
+        let r =
+            rules("- { route: /a, require: { scopes: [x, y] } }\n- { route: /b, require: { claims: { level: ['3'], admin: ['true'] } } }")
+                .expect("valid");
         assert!(r.check("/a", &b64(serde_json::json!({"scope": "x"}))).is_err());
         assert!(r.check("/a", &b64(serde_json::json!({"scope": "y x"}))).is_ok());
         assert_eq!(r.check("/b", &b64(serde_json::json!({"level": 3, "admin": true}))), Ok(()));

@@ -314,6 +314,5 @@ pub fn token_kid(token: &str) -> Option<String> {
 mod keys;
 pub use keys::{alg_name, decoding_key, parse_alg, parse_jwks};
 
-
 #[cfg(test)]
 mod tests;

@@ -106,7 +106,8 @@ fn to_proto(p: &m::Policy) -> pb::Policy {
                 route: r.route.clone(),
                 claims: r.require.claims.iter().map(|(k, v)| (k.clone(), pb::ClaimValues { values: v.clone() })).collect(),
                 scopes: r.require.scopes.clone(),
-            }).collect(),
+            })
+            .collect(),
     }
 }
 

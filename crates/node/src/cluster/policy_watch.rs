@@ -50,6 +50,7 @@ pub fn apply_policy(state: &NodeState, value: &[u8], revision: i64) {
     let version = u64::try_from(revision).unwrap_or(0);
     let rejected = |field: &str, message: &str| {
         tracing::warn!(event = "policy_rejected", node = %state.id, source = "etcd", version, field, error = message);
+        state.events.publish(|| crate::events::policy("etcd", version, Some(("invalid", format!("{field}: {message}"))), String::new()));
     };
     let Ok(text) = std::str::from_utf8(value) else {
         return rejected("document", "not UTF-8 text");
@@ -60,7 +61,8 @@ pub fn apply_policy(state: &NodeState, value: &[u8], revision: i64) {
     };
     match state.policy.apply(&doc, version) {
         Ok(stored) => {
-            tracing::info!(event = "policy_applied", node = %state.id, source = "etcd", version, unchanged = stored == crate::policy_store::Stored::Unchanged)
+            tracing::info!(event = "policy_applied", node = %state.id, source = "etcd", version, unchanged = stored == crate::policy_store::Stored::Unchanged);
+            state.events.publish(|| crate::events::policy("etcd", version, None, String::new()));
         }
         // The controller's push got here first (or a replay after a reconnect).
         Err(ApplyError::Stale { offered, current }) => {

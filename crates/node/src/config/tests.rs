@@ -22,8 +22,7 @@ fn etcd_section_defaults_and_validation() {
 
     let bad = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n")).expect("parses");
     assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.endpoints[0]"));
-    let bad =
-        NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\nlease_ttl_seconds = 1\n")).expect("parses");
+    let bad = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\nlease_ttl_seconds = 1\n")).expect("parses");
     assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.lease_ttl_seconds"));
     let bad = NodeConfig::from_toml(&format!("{BASE}[etcd]\nendpoints = [\"http://e:2379\"]\nca = \"ca.pem\"\n")).expect("parses");
     assert!(matches!(bad.validate(), Err(ConfigError::Field { field, .. }) if field == "etcd.endpoints"));

@@ -39,6 +39,9 @@ pub(super) struct Session {
     pub(super) last_refill: Instant,
     pub(super) schema_violations: u32,
     pub(super) warned_for_exp: Option<u64>,
+    /// When the client last authenticated (the handshake, then each refresh), unix
+    /// seconds: with `auth.refresh.interval_seconds` it bounds the session's expiry.
+    pub(super) authenticated_at: u64,
     pub(super) up_tx: Option<flume::Sender<Out>>,
     pub(super) conn_id: String,
 }
@@ -187,12 +190,13 @@ impl Session {
                             Flow::Continue
                         }
                     }
-                    _ = &mut warning, if self.warned_for_exp != Some(self.acc.claims.exp) => {
-                        self.warned_for_exp = Some(self.acc.claims.exp);
-                        self.push(false, Bytes::from(control_msg::auth_expiring(self.acc.claims.exp)))
+                    _ = &mut warning, if self.warned_for_exp != Some(self.effective_exp()) => {
+                        let exp = self.effective_exp();
+                        self.warned_for_exp = Some(exp);
+                        self.push(false, Bytes::from(control_msg::auth_expiring(exp)))
                     }
                     _ = &mut expiry => {
-                        if unix_now() >= self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds) {
+                        if unix_now() >= self.effective_exp().saturating_add(self.policy.refresh_grace_seconds) {
                             close_with(close::TOKEN_EXPIRED, "token expired")
                         } else {
                             expiry.as_mut().reset(self.expiry_deadline());
@@ -240,12 +244,21 @@ impl Session {
         }
     }
 
+    /// The session's expiry: the token's `exp`, or earlier when the policy requires a
+    /// fresh token every `auth.refresh.interval_seconds`.
+    fn effective_exp(&self) -> u64 {
+        match self.policy.refresh_interval_seconds {
+            Some(i) => self.acc.claims.exp.min(self.authenticated_at.saturating_add(i)),
+            None => self.acc.claims.exp,
+        }
+    }
+
     fn expiry_deadline(&self) -> tokio::time::Instant {
-        self.instant_at_unix(self.acc.claims.exp.saturating_add(self.policy.refresh_grace_seconds))
+        self.instant_at_unix(self.effective_exp().saturating_add(self.policy.refresh_grace_seconds))
     }
 
     fn warning_deadline(&self) -> tokio::time::Instant {
-        self.instant_at_unix(self.acc.claims.exp.saturating_sub(self.policy.refresh_warning_seconds))
+        self.instant_at_unix(self.effective_exp().saturating_sub(self.policy.refresh_warning_seconds))
     }
 
     /// Drain closes are spread over the drain window so that clients do not all
@@ -264,6 +277,10 @@ impl Session {
         let c = &self.acc.claims;
         if p.verifier.revocations.is_revoked(&c.sub, c.jti.as_deref(), c.iat) {
             return close_with(close::REVOKED, "revoked");
+        }
+        // The route's access rule as the new policy has it (step 10a again).
+        if p.access.check(&self.acc.route.path, &c.claims_b64).is_err() {
+            return close_with(close::REVOKED, "forbidden");
         }
         self.limits.update(&p);
         self.policy = p;
@@ -345,14 +362,18 @@ impl Session {
 
     fn on_refresh(&mut self, verified: Result<Claims, TokenError>) -> Flow {
         let reply = match verified {
+            // A refresh must satisfy the route's rule too; the session keeps its old expiry.
+            Ok(c) if c.sub == self.acc.claims.sub && self.policy.access.check(&self.acc.route.path, &c.claims_b64).is_err() => {
+                control_msg::auth_error("forbidden")
+            }
             Ok(c) if c.sub == self.acc.claims.sub => {
-                let exp = c.exp;
                 if c.jti != self.acc.claims.jti {
                     // `disconnect --session` finds the session by its current token.
                     self.state.registry.set_session(&self.conn_id, c.jti.clone());
                 }
                 self.acc.claims = c;
-                control_msg::auth_ok(exp)
+                self.authenticated_at = unix_now();
+                control_msg::auth_ok(self.effective_exp())
             }
             Ok(_) => control_msg::auth_error("subject_mismatch"),
             Err(e) => control_msg::auth_error(e.code()),

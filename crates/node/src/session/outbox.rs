@@ -141,6 +141,14 @@ impl Outbox {
                 threshold_bytes_per_minute = policy.egress_alert_bytes_per_minute,
                 action = if disconnect { "disconnect" } else { "log" },
             );
+            self.node.events.publish(|| crate::events::Event {
+                kind: crate::events::kind::EGRESS_ALERT,
+                subject: self.subject.to_string(),
+                result: "alert",
+                code: if disconnect { "disconnect" } else { "log" }.into(),
+                count: policy.egress_alert_bytes_per_minute,
+                ..Default::default()
+            });
             if disconnect {
                 self.node.registry.dispatch(
                     &crate::registry::Selector::Subject(self.subject.to_string()),

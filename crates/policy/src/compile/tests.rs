@@ -2,13 +2,9 @@ use super::*;
 
 #[test]
 fn jwks_urls() {
-    for ok in [
-        "https://auth.example.com/jwks.json",
-        "http://127.0.0.1:8080/jwks",
-        "http://localhost/k",
-        "http://[::1]:9/k",
-        "http://127.1.2.3/k",
-    ] {
+    for ok in
+        ["https://auth.example.com/jwks.json", "http://127.0.0.1:8080/jwks", "http://localhost/k", "http://[::1]:9/k", "http://127.1.2.3/k"]
+    {
         assert!(jwks_url_allowed(ok), "{ok}");
     }
     for bad in [

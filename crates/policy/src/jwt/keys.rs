@@ -133,4 +133,3 @@ fn decode_base64_any(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(s).ok())
 }
-
