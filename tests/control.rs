@@ -203,7 +203,7 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
 
     // A revocation push closes the live session with 4003.
     let mut p2 = p1.clone();
-    p2.revocations = serde_yaml::from_str(r#"[{ jti: "dan-jti" }]"#).expect("yaml");
+    p2.revocations = serde_yaml_ng::from_str(r#"[{ jti: "dan-jti" }]"#).expect("yaml");
     c.apply_policy(apply(2, &p2)).await.expect("apply");
     assert_eq!(close_code(&mut d, Duration::from_secs(1)).await, Some(4003));
 }

@@ -55,7 +55,7 @@ async fn every_carrier_with_every_algorithm_family() {
 async fn refusal_table_rows() {
     let key = TestKey::generate("k1", "ES256");
     let mut p = policy(&[&key]);
-    p.revocations = serde_yaml::from_str(r#"[{ sub: "mallory" }, { jti: "stolen-1" }]"#).expect("yaml");
+    p.revocations = serde_yaml_ng::from_str(r#"[{ sub: "mallory" }, { jti: "stolen-1" }]"#).expect("yaml");
     let node = TestNode::start(Some(&p), |_| {}).await;
     let good = key.token(json!({}));
     let auth = bearer(&good);

@@ -172,17 +172,21 @@ fn chart_lints_and_every_rendering_validates_on_kubernetes_1_30_and_the_newest()
 }
 
 /// The rendered manifests as YAML documents.
-fn documents(manifests: &str) -> Vec<serde_yaml::Value> {
-    manifests.split("\n---").filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok()).filter(|v| v.get("kind").is_some()).collect()
+fn documents(manifests: &str) -> Vec<serde_yaml_ng::Value> {
+    manifests
+        .split("\n---")
+        .filter_map(|d| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(d).ok())
+        .filter(|v| v.get("kind").is_some())
+        .collect()
 }
 
-fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+fn find<'a>(docs: &'a [serde_yaml_ng::Value], kind: &str, name: &str) -> &'a serde_yaml_ng::Value {
     docs.iter()
         .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
         .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
 }
 
-fn str_list(v: &serde_yaml::Value) -> Vec<String> {
+fn str_list(v: &serde_yaml_ng::Value) -> Vec<String> {
     v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 

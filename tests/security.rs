@@ -529,3 +529,45 @@ async fn dev_drains_and_exits_0_on_sigterm() {
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits after SIGTERM").expect("status");
     assert_eq!(status.code(), Some(0), "drains and exits 0 like Ctrl-C");
 }
+
+// CORS on the ticket endpoint (SPEC section 5): allowed origins only, never a wildcard,
+// never credentials.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_cors_answers_allowed_origins_only() {
+    let key = TestKey::generate("k", "ES256");
+    let node = TestNode::start(Some(&policy(&[&key])), |_| {}).await;
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /v1/tickets HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n\r\n"
+        )
+    };
+    let r = node.raw(preflight("https://app.example.com").as_bytes()).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+    assert_eq!(r.header("access-control-allow-methods").as_deref(), Some("POST"));
+    assert!(r.header("access-control-allow-headers").is_some_and(|h| h.contains("authorization")));
+    assert_eq!(r.header("access-control-allow-credentials"), None, "no credentials reflected");
+    assert_eq!(r.header("vary").as_deref(), Some("Origin"));
+    // A foreign origin: refused, and nothing that lets the browser read anything.
+    let r = node.raw(preflight("https://evil.example.net").as_bytes()).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "origin_not_allowed"));
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // The POST itself names the allowed origin; a foreign one is refused before minting.
+    let token = key.token(json!({}));
+    let post = |origin: &str| {
+        format!("POST /v1/tickets HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n")
+    };
+    let r = node.raw(post("https://app.example.com").as_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+    assert_ne!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    let r = node.raw(post("https://evil.example.net").as_bytes()).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "origin_not_allowed"));
+    // Native clients send no Origin: no CORS, and minting works.
+    let r = node
+        .raw(format!("POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

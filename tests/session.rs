@@ -167,7 +167,7 @@ async fn revocation_push_and_operator_commands() {
 
     // A new policy revoking mallory closes her session with 4003 within 1 s.
     let mut p2 = p.clone();
-    p2.revocations = serde_yaml::from_str(r#"[{ sub: "mallory" }]"#).expect("yaml");
+    p2.revocations = serde_yaml_ng::from_str(r#"[{ sub: "mallory" }]"#).expect("yaml");
     let pushed = tokio::time::Instant::now();
     state.policy().apply(&p2, 2).expect("apply");
     assert_eq!(close_code(&mut mallory, Duration::from_secs(1)).await, Some(4003));

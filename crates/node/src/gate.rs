@@ -32,8 +32,10 @@ enum Admission {
 enum Passed {
     /// `GET /healthz`, `GET /readyz`: not an attempt, no audit record.
     Probe(u16, &'static str),
-    /// `POST /v1/tickets` answered 201 with this body.
-    Ticket(String),
+    /// `POST /v1/tickets` answered 201 with this body (and CORS for this origin).
+    Ticket(String, Option<String>),
+    /// `OPTIONS /v1/tickets`: a CORS preflight, for an allowed origin.
+    Preflight(Option<String>),
     Upgrade(Box<(Accepted, Arc<CompiledPolicy>, Option<UpstreamLink>)>),
 }
 
@@ -70,9 +72,14 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
             Admission::Admitted { ip_slot } => ip_slot,
         };
         let policy = step::serving(&state)?;
-        if (head.method, head.path) == ("POST", "/v1/tickets") {
+        if head.path == "/v1/tickets" && matches!(head.method, "POST" | "OPTIONS") {
+            attempt.origin = head.header("origin").map(|o| truncate(o, 200));
+            let cors = crate::tickets::cors_origin(&policy, &head)?;
+            if head.method == "OPTIONS" {
+                return Ok(Passed::Preflight(cors));
+            }
             let id = crate::tickets::endpoint(&state, &policy, &mut stream, &head, rest.clone(), deadline, ip_slot, &mut attempt).await?;
-            return Ok(Passed::Ticket(id));
+            return Ok(Passed::Ticket(id, cors));
         }
         if !head.has_token("upgrade", "websocket") && !state.routes.contains_key(head.path) {
             return Err(Refusal::NotFound.into());
@@ -108,9 +115,16 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
 
     match result {
         Ok(Passed::Probe(status, body)) => respond(&mut stream, status, &[], body).await,
-        Ok(Passed::Ticket(body)) => {
+        Ok(Passed::Ticket(body, cors)) => {
             attempt.emit(&state, true, 201, "ticket_issued", "");
-            respond(&mut stream, 201, &[], &body).await;
+            let extra = cors.as_deref().map(|o| crate::tickets::cors_headers(o, false)).unwrap_or_default();
+            let headers: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            respond(&mut stream, 201, &headers, &body).await;
+        }
+        Ok(Passed::Preflight(cors)) => {
+            let extra = cors.as_deref().map(|o| crate::tickets::cors_headers(o, true)).unwrap_or_default();
+            let headers: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            respond(&mut stream, 204, &headers, "").await;
         }
         Err(Refused { refusal, reason }) => {
             state.counters.handshakes_refused.fetch_add(1, Ordering::Relaxed);

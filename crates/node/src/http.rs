@@ -245,6 +245,7 @@ fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -276,10 +277,18 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(
-        format!("Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n", body.len())
+    if status == 204 {
+        // No content: no Content-Type or Content-Length (RFC 9110 section 8.6).
+        out.extend_from_slice(b"Cache-Control: no-store\r\nConnection: close\r\n\r\n");
+    } else {
+        out.extend_from_slice(
+            format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
             .as_bytes(),
-    );
+        );
+    }
     out.extend_from_slice(body);
     stream.write_all(&out).await?;
     stream.flush().await

@@ -63,6 +63,31 @@ pub async fn endpoint(
     Ok(serde_json::json!({"ticket": id, "expires_in": ttl}).to_string())
 }
 
+/// CORS (SPEC section 5): browsers may call the endpoint from the policy's allowed
+/// origins only. An `Origin` that is present must be allowed (else 403
+/// `origin_not_allowed`); the answer then names that one origin, never `*`, and never
+/// allows credentials (the bearer token is the credential, not a cookie). No `Origin`
+/// (a native client): no CORS. Written by hand because the endpoint is served by the
+/// gate's own HTTP/1.1 reader, not a tower stack.
+pub fn cors_origin(policy: &CompiledPolicy, head: &Head<'_>) -> Result<Option<String>, Refused> {
+    match (head.count("origin"), head.header("origin")) {
+        (0, _) => Ok(None),
+        (1, Some(o)) if policy.origins.allows(Some(o)) => Ok(Some(o.to_owned())),
+        _ => Err(Refusal::OriginNotAllowed.because("origin_refused")),
+    }
+}
+
+/// The CORS headers for an allowed `origin`; `preflight` adds what a preflight answers.
+pub fn cors_headers(origin: &str, preflight: bool) -> Vec<(&'static str, String)> {
+    let mut h = vec![("Access-Control-Allow-Origin", origin.to_owned()), ("Vary", "Origin".into())];
+    if preflight {
+        h.push(("Access-Control-Allow-Methods", "POST".into()));
+        h.push(("Access-Control-Allow-Headers", "authorization, content-type".into()));
+        h.push(("Access-Control-Max-Age", "600".into()));
+    }
+    h
+}
+
 /// The optional body `{"origin":"https://app.example.com"}`, within the deadline; the
 /// origin is kept normalised so that the binding compares as origins do.
 async fn read_origin(
