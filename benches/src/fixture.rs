@@ -135,7 +135,8 @@ fn bench_policy(public_pem: &str) -> Policy {
     p.origins.allow = vec![ORIGIN.into()];
     p.origins.allow_missing = false;
     p.auth.keys = vec![KeyDoc { kid: KID.into(), alg: "ES256".into(), public_key_pem: Some(public_pem.into()), secret_base64: None }];
-    let generous = PerKeyDoc { max_connections: 1_000_000, handshakes_per_second: 1_000_000.0, burst: 1_000_000 };
+    let generous =
+        PerKeyDoc { max_connections: 1_000_000, handshakes_per_second: 1_000_000.0, burst: 1_000_000, fleet_max_connections: None };
     p.limits.max_connections = 1_000_000;
     p.limits.per_ip = generous.clone();
     p.limits.per_user = generous;

@@ -41,6 +41,9 @@ pub struct Etcd {
     pub(crate) registration: Mutex<Registration>,
     /// Set once by a drain: the node must not register again.
     pub(crate) deregistered: watch::Sender<bool>,
+    /// The lease the node's key lives under now (0: none): fleet-wide user slots are put
+    /// under it, so they vanish with the node.
+    pub(crate) lease_id: std::sync::atomic::AtomicI64,
     /// Whether the node's key is in place under a live lease (as far as this node knows).
     pub(crate) registered: watch::Sender<bool>,
 }
@@ -60,6 +63,7 @@ impl Etcd {
             client: OnceCell::new(),
             registration: Mutex::new(Registration { lease: None }),
             deregistered: watch::channel(false).0,
+            lease_id: std::sync::atomic::AtomicI64::new(0),
             registered: watch::channel(false).0,
         })
     }
@@ -79,6 +83,16 @@ impl Etcd {
     /// Whether the node's key is in place under a live lease, as far as the node knows.
     pub fn registered(&self) -> watch::Receiver<bool> {
         self.registered.subscribe()
+    }
+
+    /// The node's live lease, when it is registered.
+    pub(crate) fn live_lease(&self) -> Option<i64> {
+        let id = self.lease_id.load(std::sync::atomic::Ordering::Acquire);
+        (id != 0 && *self.registered.borrow()).then_some(id)
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     pub(crate) async fn client(&self) -> Result<Client, ClusterError> {

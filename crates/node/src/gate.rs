@@ -103,12 +103,14 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
             r
         })?; // 10a
         let user_slot = step::per_user(&state, &policy, &claims.sub)?; // 11
+        let fleet_slot = step::fleet_cap(&state, &policy, &claims.sub, &attempt.conn_id).await?; // 11, fleet-wide
         let (mut app_protocol, offered_protocols) = step::subprotocols(&head);
         let upstream = step::upstream(&route, &claims, client, &attempt.conn_id, &offered_protocols, &policy).await?; // 12
         if let Some(up) = &upstream {
             app_protocol = up.protocol.clone();
         }
-        let accepted = Accepted { route, claims, client, app_protocol, accept_key, _ip_slot: ip_slot, _user_slot: user_slot };
+        let accepted =
+            Accepted { route, claims, client, app_protocol, accept_key, _ip_slot: ip_slot, _user_slot: user_slot, _fleet_slot: fleet_slot };
         Ok(Passed::Upgrade(Box::new((accepted, policy, upstream.map(|upstream| UpstreamLink { upstream })))))
     }
     .await;

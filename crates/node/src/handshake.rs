@@ -12,6 +12,7 @@ use palisade_policy::credentials::{self, CarrierInputs, Credential, Extracted};
 use palisade_policy::model::Carrier;
 use palisade_policy::{Claims, CompiledPolicy};
 
+use crate::fleet_cap::{FleetSlot, Reserved};
 use crate::http::Head;
 use crate::limiter::Slot;
 use crate::refusal::Refusal;
@@ -52,6 +53,8 @@ pub struct Accepted {
     /// The per-IP and per-user slots, held for the session's life.
     pub _ip_slot: Option<Slot<IpAddr>>,
     pub _user_slot: Slot<String>,
+    /// The fleet-wide slot in etcd, when the policy caps the subject fleet-wide.
+    pub _fleet_slot: Option<FleetSlot>,
 }
 
 pub fn unix_now() -> u64 {
@@ -182,6 +185,29 @@ pub fn access(policy: &CompiledPolicy, route: &str, claims: &Claims) -> Result<(
 pub fn per_user(state: &NodeState, policy: &CompiledPolicy, sub: &str) -> Result<Slot<String>, Refused> {
     state.user_rate.check(policy.limits.per_user_rate, &sub.to_owned()).map_err(|retry_after| Refusal::RateLimited { retry_after })?;
     state.user_slots.try_acquire(sub.to_owned(), policy.limits.per_user_max_connections).ok_or(Refusal::TooManyConnections.into())
+}
+
+/// Step 11, fleet-wide: a slot of the subject's `fleet_max_connections` in etcd, when the
+/// policy sets one. Without etcd the node's own cap (already checked) is the fallback.
+pub async fn fleet_cap(state: &NodeState, policy: &CompiledPolicy, sub: &str, conn_id: &str) -> Result<Option<FleetSlot>, Refused> {
+    let Some(cap) = policy.limits.per_user_fleet_max_connections else { return Ok(None) };
+    let Some(etcd) = state.etcd() else { return Ok(None) };
+    let counters = &state.fleet_cap;
+    match etcd.reserve_slot(sub, cap, conn_id).await {
+        Ok(Reserved::Held(slot)) => {
+            counters.count(&counters.reserved);
+            Ok(Some(slot))
+        }
+        Ok(Reserved::Full) => {
+            counters.count(&counters.refused);
+            Err(Refusal::TooManyConnections.because("fleet_cap"))
+        }
+        Err(e) => {
+            counters.count(&counters.fallbacks);
+            tracing::warn!(event = "fleet_cap_fallback", node = %state.id, error = %e, "etcd unavailable: the per-node cap applies");
+            Ok(None)
+        }
+    }
 }
 
 /// Step 12: an upstream route connects before the 101, so an unreachable upstream is a

@@ -64,7 +64,7 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     pub egress_alerts: AtomicU64,
     /// Handshakes by code and disconnects by close code (metrics).
-    pub breakdown: crate::telemetry::Breakdown,
+    pub breakdown: crate::instruments::Breakdown,
 }
 
 pub struct NodeState {
@@ -93,13 +93,15 @@ pub struct NodeState {
     pub(crate) etcd: Option<Arc<crate::etcd::Etcd>>,
     pub(crate) registry: Registry,
     pub(crate) counters: Counters,
+    /// Fleet-wide user cap outcomes: reserved, refused, fell back to the node's cap.
+    pub fleet_cap: crate::fleet_cap::FleetCapCounters,
     pub(crate) egress: crate::egress::EgressMeter,
     /// Keys from the policy's `auth.jwks_url`, when it has one.
     pub(crate) jwks: crate::jwks::JwksHolder,
     /// Audit events for `WatchEvents` (bounded, never waits).
     pub(crate) events: crate::events::EventBus,
     /// OTLP export (SPEC section 9), set once at bind; empty when nothing is exported.
-    pub(crate) telemetry: std::sync::OnceLock<crate::telemetry::NodeTelemetry>,
+    pub(crate) telemetry: std::sync::OnceLock<crate::instruments::NodeTelemetry>,
 }
 
 impl NodeState {
@@ -136,6 +138,7 @@ impl NodeState {
             etcd,
             registry: Registry::default(),
             counters: Counters::default(),
+            fleet_cap: Default::default(),
             egress: Default::default(),
             jwks: Default::default(),
             events: Default::default(),

@@ -96,6 +96,18 @@ impl Keys {
     pub fn ticket(&self, id: &str) -> String {
         format!("{}/tickets/{id}", self.prefix)
     }
+
+    /// The prefix of one subject's fleet-wide connection slots (ends with `/`). The
+    /// subject is base64url-encoded: a `sub` may hold `/` or any other byte.
+    pub fn user_slots(&self, sub: &str) -> String {
+        use base64::Engine as _;
+        format!("{}/users/{}/", self.prefix, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sub))
+    }
+
+    /// Slot `i` of a subject (0 to the cap - 1): held by one session at a time.
+    pub fn user_slot(&self, sub: &str, i: u64) -> String {
+        format!("{}{i}", self.user_slots(sub))
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +135,7 @@ mod tests {
         assert_eq!(k.node("n1"), "/palisade/prod/nodes/n1");
         assert_eq!(k.policy(), "/palisade/prod/policy");
         assert_eq!(k.ticket("t"), "/palisade/prod/tickets/t");
+        assert_eq!(k.user_slots("a/b"), "/palisade/prod/users/YS9i/");
+        assert_eq!(k.user_slot("alice", 2), "/palisade/prod/users/YWxpY2U/2");
     }
 }

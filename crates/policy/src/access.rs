@@ -124,10 +124,7 @@ impl AccessRules {
 fn holds_one_of(v: &serde_json::Value, accepted: &[String]) -> bool {
     let matches = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => accepted.iter().any(|a| a == s),
-        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-            let text = v.to_string();
-            accepted.iter().any(|a| *a == text)
-        }
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => accepted.contains(&v.to_string()),
         _ => false,
     };
     match v {

@@ -39,6 +39,8 @@ pub struct Limits {
     pub per_ip_rate: RateSpec,
     pub per_user_max_connections: u64,
     pub per_user_rate: RateSpec,
+    /// `limits.per_user.fleet_max_connections`: the cap across the fleet.
+    pub per_user_fleet_max_connections: Option<u64>,
     pub messages: MessageLimits,
     pub handshake_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
@@ -166,6 +168,12 @@ impl Policy {
         range("limits.per_user.max_connections", l.per_user.max_connections, 1, 10_000_000)?;
         let per_ip_rate = rate("limits.per_ip", l.per_ip.handshakes_per_second, l.per_ip.burst)?;
         let per_user_rate = rate("limits.per_user", l.per_user.handshakes_per_second, l.per_user.burst)?;
+        if l.per_ip.fleet_max_connections.is_some() {
+            return Err(err("limits.per_ip.fleet_max_connections", "only per_user has a fleet-wide cap"));
+        }
+        if let Some(f) = l.per_user.fleet_max_connections {
+            range("limits.per_user.fleet_max_connections", f, 1, 100_000)?;
+        }
         let m = &l.messages;
         range("limits.messages.max_bytes", m.max_bytes, 1, 64 * 1024 * 1024)?;
         if !(m.per_second.is_finite() && m.per_second > 0.0) {
@@ -223,6 +231,7 @@ impl Policy {
                 per_ip_rate,
                 per_user_max_connections: l.per_user.max_connections,
                 per_user_rate,
+                per_user_fleet_max_connections: l.per_user.fleet_max_connections,
                 messages: MessageLimits {
                     max_bytes: m.max_bytes as usize,
                     rate: RateSpec { per_second: m.per_second, burst: m.burst },

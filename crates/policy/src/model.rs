@@ -145,8 +145,8 @@ impl Default for LimitsDoc {
     fn default() -> Self {
         LimitsDoc {
             max_connections: 50_000,
-            per_ip: PerKeyDoc { max_connections: 50, handshakes_per_second: 10.0, burst: 20 },
-            per_user: PerKeyDoc { max_connections: 10, handshakes_per_second: 2.0, burst: 5 },
+            per_ip: PerKeyDoc { max_connections: 50, handshakes_per_second: 10.0, burst: 20, fleet_max_connections: None },
+            per_user: PerKeyDoc { max_connections: 10, handshakes_per_second: 2.0, burst: 5, fleet_max_connections: None },
             messages: MessagesDoc::default(),
             handshake_timeout_ms: 5_000,
             idle_timeout_seconds: 60,
@@ -161,6 +161,9 @@ pub struct PerKeyDoc {
     pub max_connections: u64,
     pub handshakes_per_second: f64,
     pub burst: u64,
+    /// `per_user` only: the cap across the whole fleet (slots in etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

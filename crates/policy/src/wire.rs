@@ -47,6 +47,7 @@ fn to_proto(p: &m::Policy) -> pb::Policy {
         max_connections: Some(k.max_connections),
         handshakes_per_second: Some(k.handshakes_per_second),
         burst: Some(k.burst),
+        fleet_max_connections: k.fleet_max_connections,
     };
     pb::Policy {
         origins: Some(pb::Origins { allow: p.origins.allow.clone(), allow_missing: p.origins.allow_missing }),
@@ -166,6 +167,7 @@ fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
                 set(&mut dst.max_connections, s.max_connections);
                 set(&mut dst.handshakes_per_second, s.handshakes_per_second);
                 set(&mut dst.burst, s.burst);
+                dst.fleet_max_connections = s.fleet_max_connections;
             }
         }
         if let Some(mm) = &l.messages {

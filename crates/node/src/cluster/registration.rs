@@ -73,6 +73,7 @@ impl Etcd {
             // Best effort: the key is on the new lease now, so this deletes nothing.
             let _ = self.bounded(c.lease_revoke(old)).await;
         }
+        self.lease_id.store(lease, std::sync::atomic::Ordering::Release);
         self.registered.send_replace(true);
         Ok(Some(lease))
     }
@@ -92,6 +93,7 @@ impl Etcd {
     pub(crate) async fn release(&self) {
         let mut reg = self.registration.lock().await;
         self.registered.send_replace(false);
+        self.lease_id.store(0, std::sync::atomic::Ordering::Release);
         let Some(lease) = reg.lease.take() else { return };
         let result = async {
             let mut c = self.client().await?;

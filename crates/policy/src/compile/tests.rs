@@ -131,3 +131,20 @@ proptest::proptest! {
         proptest::prop_assert_eq!(parse_rfc3339(&text), Some(t));
     }
 }
+
+#[test]
+fn the_fleet_wide_user_cap_is_per_user_only_and_bounded() {
+    let base = crate::Policy::from_yaml_or_json(
+        r#"{"auth":{"keys":[{"kid":"k","alg":"HS256","secret_base64":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="}]}}"#,
+    )
+    .expect("doc");
+    let mut p = base.clone();
+    p.limits.per_user.fleet_max_connections = Some(3);
+    assert_eq!(p.compile(1).expect("valid").limits.per_user_fleet_max_connections, Some(3));
+    let mut p = base.clone();
+    p.limits.per_user.fleet_max_connections = Some(0);
+    assert_eq!(p.compile(1).map(|_| ()).map_err(|e| e.field), Err("limits.per_user.fleet_max_connections".to_string()));
+    let mut p = base;
+    p.limits.per_ip.fleet_max_connections = Some(3);
+    assert_eq!(p.compile(1).map(|_| ()).map_err(|e| e.field), Err("limits.per_ip.fleet_max_connections".to_string()));
+}

@@ -1,0 +1,100 @@
+//! The fleet-wide per-user connection cap (`limits.per_user.fleet_max_connections`,
+//! SPEC section 8): one etcd key per held slot, `/palisade/<cluster>/users/<sub>/<i>` for
+//! `i` below the cap, each created by a transaction that succeeds only if the key does not
+//! exist, under the node's registration lease. So the cap is exact under races (two nodes
+//! can never hold the same slot), a killed node's slots vanish with its lease, and a
+//! closed session deletes its key. Only subjects of a policy with the cap pay for it.
+//!
+//! With etcd unreachable (or the node not registered yet) the node falls back to its
+//! per-node cap: the handshake is not refused for want of etcd; the fallback is counted
+//! and logged. After an outage longer than the lease TTL the old lease's slots are gone,
+//! so sessions that outlived it no longer count fleet-wide until they end.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+
+use crate::etcd::{ClusterError, Etcd};
+
+/// At most this many slot transactions per handshake (after one read of the held ones).
+const MAX_TRIES: usize = 8;
+
+/// A slot held for a session's life; dropping it deletes the key (in the background).
+pub struct FleetSlot {
+    etcd: Arc<Etcd>,
+    key: String,
+}
+
+impl Drop for FleetSlot {
+    fn drop(&mut self) {
+        let etcd = self.etcd.clone();
+        let key = std::mem::take(&mut self.key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = etcd.delete_slot(&key).await {
+                    // The lease still bounds it: the key goes with the node.
+                    tracing::debug!(event = "fleet_slot_release_failed", error = %e);
+                }
+            });
+        }
+    }
+}
+
+/// What a reservation found.
+pub enum Reserved {
+    Held(FleetSlot),
+    /// Every slot is held elsewhere in the fleet: 429 `too_many_connections`.
+    Full,
+}
+
+impl Etcd {
+    async fn delete_slot(&self, key: &str) -> Result<(), ClusterError> {
+        let mut c = self.client().await?;
+        self.bounded(c.delete(key, None)).await?;
+        Ok(())
+    }
+
+    /// Takes a free slot of `sub` (below `cap`) for `conn_id`.
+    pub(crate) async fn reserve_slot(self: &Arc<Self>, sub: &str, cap: u64, conn_id: &str) -> Result<Reserved, ClusterError> {
+        let lease = self.live_lease().ok_or(ClusterError::Protocol("not registered: no lease for fleet slots"))?;
+        let mut c = self.client().await?;
+        let prefix = self.keys().user_slots(sub);
+        let held = self.bounded(c.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only()))).await?;
+        let taken: HashSet<u64> =
+            held.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(prefix.as_str())?.parse().ok()).collect();
+        // Start at a random free slot so racing nodes rarely collide.
+        let free: Vec<u64> = (0..cap).filter(|i| !taken.contains(i)).collect();
+        if free.is_empty() {
+            return Ok(Reserved::Full);
+        }
+        let start = rand::random::<u64>() as usize % free.len();
+        for i in free.iter().cycle().skip(start).take(free.len().min(MAX_TRIES)) {
+            let key = self.keys().user_slot(sub, *i);
+            let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+                key.clone(),
+                conn_id,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+            if self.bounded(c.txn(txn)).await?.succeeded() {
+                return Ok(Reserved::Held(FleetSlot { etcd: self.clone(), key }));
+            }
+        }
+        Ok(Reserved::Full)
+    }
+}
+
+/// Fleet-cap outcomes, for stats and metrics.
+#[derive(Debug, Default)]
+pub struct FleetCapCounters {
+    pub reserved: std::sync::atomic::AtomicU64,
+    pub refused: std::sync::atomic::AtomicU64,
+    pub fallbacks: std::sync::atomic::AtomicU64,
+}
+
+impl FleetCapCounters {
+    pub fn count(&self, c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
