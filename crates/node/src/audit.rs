@@ -107,7 +107,7 @@ impl Attempt {
             KeyValue::new("network.peer.address", self.peer.ip().to_string()),
             KeyValue::new("network.peer.port", i64::from(self.peer.port())),
             KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("palisade.result", crate::telemetry::result(accepted)),
+            KeyValue::new("palisade.result", crate::instruments::result(accepted)),
             KeyValue::new("palisade.code", code.to_owned()),
             KeyValue::new("palisade.duration_us", duration_us as i64),
             KeyValue::new("palisade.conn.id", self.conn_id.clone()),

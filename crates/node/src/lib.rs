@@ -18,6 +18,7 @@ mod gate;
 mod handshake;
 mod http;
 mod instruments;
+mod instruments;
 pub mod jwks;
 mod limiter;
 pub mod node;

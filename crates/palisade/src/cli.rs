@@ -194,10 +194,26 @@ pub fn init_logging(dev: bool) -> anyhow::Result<()> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let verbose = cli.verbose;
-    match crate::trace::verb(&cli.command) {
+    match operator_verb(&cli.command) {
         Some(verb) => crate::trace::operator(&verb, verbose, run_command(cli)).await,
         None => run_command(cli).await,
     }
+}
+
+/// The verb of an operator command (`disconnect`), `None` for the others (`node`,
+/// `controller`, `dev`, `token`).
+fn operator_verb(c: &Command) -> Option<String> {
+    use Command as C;
+    if matches!(c, C::Node { .. } | C::Controller { .. } | C::Dev { .. } | C::Token { .. }) {
+        return None;
+    }
+    let debug = format!("{c:?}");
+    let name = debug.split([' ', '{', '(']).next().unwrap_or_default();
+    let mut verb = name.to_ascii_lowercase();
+    if let C::Policy { command } = c {
+        verb = format!("policy {}", format!("{command:?}").split([' ', '{', '(']).next().unwrap_or_default().to_ascii_lowercase());
+    }
+    Some(verb)
 }
 
 async fn run_command(cli: Cli) -> anyhow::Result<()> {

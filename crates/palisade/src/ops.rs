@@ -145,7 +145,7 @@ fn selector(t: &Target) -> npb::Selector {
 }
 
 /// A FleetControl client whose requests carry the current trace context (the operator
-/// command's span, see `crate::trace`).
+/// command's span, started by the `trace` module).
 pub type Fleet = FleetControlClient<
     tonic::service::interceptor::InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>,
 >;

@@ -1,7 +1,7 @@
 //! The operator command's trace (SPEC section 9): with `OTEL_*` set, each operator verb
 //! is the root span of one trace (`palisade <verb>`, service `palisade-cli`); its
 //! context goes to the controller in every FleetControl request's metadata
-//! (`crate::ops::client`), the controller's fan-out continues it to the nodes. `-v`
+//! (the operator client of `ops`), the controller's fan-out continues it to the nodes. `-v`
 //! prints the trace id on stderr. Without an endpoint nothing of this runs.
 
 use std::future::Future;
@@ -55,20 +55,4 @@ pub async fn operator(verb: &str, verbose: bool, op: impl Future<Output = anyhow
     cx.span().end();
     telemetry.shutdown().await;
     r
-}
-
-/// The verb of an operator command (`disconnect`), `None` for the others (`node`,
-/// `controller`, `dev`, `token`).
-pub fn verb(c: &crate::cli::Command) -> Option<String> {
-    use crate::cli::Command as C;
-    if matches!(c, C::Node { .. } | C::Controller { .. } | C::Dev { .. } | C::Token { .. }) {
-        return None;
-    }
-    let debug = format!("{c:?}");
-    let name = debug.split([' ', '{', '(']).next().unwrap_or_default();
-    let mut verb = name.to_ascii_lowercase();
-    if let C::Policy { command } = c {
-        verb = format!("policy {}", format!("{command:?}").split([' ', '{', '(']).next().unwrap_or_default().to_ascii_lowercase());
-    }
-    Some(verb)
 }
