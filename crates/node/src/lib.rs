@@ -18,7 +18,6 @@ mod gate;
 mod handshake;
 mod http;
 mod instruments;
-mod instruments;
 pub mod jwks;
 mod limiter;
 pub mod node;
