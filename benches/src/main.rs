@@ -69,6 +69,12 @@ pub struct Common {
     /// Keep the temporary directory (certificates, configs, server logs) and print its path.
     #[arg(long)]
     pub keep_files: bool,
+    /// Telemetry cost instead of the bar: a node exporting traces, metrics and logs over
+    /// OTLP/gRPC to a real receiver (`tests/otlp_receiver.py`, Python opentelemetry-proto
+    /// + grpcio) against the same node with export off; the ratio is on / off (handshake,
+    /// echo). The baselines are not run.
+    #[arg(long)]
+    pub otel: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -39,6 +39,19 @@ impl Server {
     /// Starts `program args` through `sh -c 'ulimit -n <hard>; exec ...'`, so the pid is
     /// the server's own once `exec` has run. Output goes to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path, addr: SocketAddr) -> anyhow::Result<Server> {
+        Server::spawn_with_env(name, program, args, log, addr, &[])
+    }
+
+    /// `spawn` with `env` set. The caller's `OTEL_*` never leak into a server: only what
+    /// `env` says is exported.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        addr: SocketAddr,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Server> {
         let out = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new("sh");
@@ -49,6 +62,10 @@ impl Server {
         // The node's default log level, explicitly: the audit record of every handshake
         // is part of what it costs.
         cmd.env("PALISADE_LOG", "info");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env.iter().cloned());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

@@ -22,6 +22,8 @@ use crate::{BaselineChoice, Common};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Palisade,
+    /// Palisade exporting OTLP to the receiver (`--otel`).
+    PalisadeOtel,
     Bare(Http),
 }
 
@@ -29,6 +31,7 @@ impl Kind {
     pub fn name(self) -> String {
         match self {
             Kind::Palisade => "palisade".into(),
+            Kind::PalisadeOtel => "palisade-otel".into(),
             Kind::Bare(h) => format!("bare-{}", h.name()),
         }
     }
@@ -36,6 +39,10 @@ impl Kind {
 
 /// Palisade first, then the baselines asked for.
 pub fn kinds(c: &Common) -> Vec<Kind> {
+    if c.otel {
+        // Export on first: the summary's ratios are "first / other".
+        return vec![Kind::PalisadeOtel, Kind::Palisade];
+    }
     let mut k = vec![Kind::Palisade];
     match c.baseline {
         BaselineChoice::Hyper => k.push(Kind::Bare(Http::Hyper)),
@@ -59,6 +66,8 @@ pub struct Setup {
     pub palisade_bin: PathBuf,
     palisade_copy: PathBuf,
     pub ticks_per_second: u64,
+    /// The OTLP receiver of `--otel` and its endpoint.
+    otlp: Option<(Receiver, String)>,
 }
 
 impl Setup {
@@ -79,7 +88,8 @@ impl Setup {
             println!("files kept in {}", fixture.dir.path().display());
         }
         let client = Client::new(&fixture.ca_pem, c.sources, fixture.bearer_tokens(tokens)?)?;
-        Ok(Setup { fixture, client, palisade_bin, palisade_copy: copy, ticks_per_second: crate::proc::clock_ticks_per_second() })
+        let otlp = if c.otel { Some(otlp_receiver(&fixture.dir.path().join("otlp.jsonl"))?) } else { None };
+        Ok(Setup { fixture, client, palisade_bin, palisade_copy: copy, ticks_per_second: crate::proc::clock_ticks_per_second(), otlp })
     }
 
     /// Starts one server on a free loopback port and waits until a real upgrade succeeds.
@@ -88,10 +98,18 @@ impl Setup {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = self.fixture.dir.path().join(format!("{}-{port}.log", kind.name()));
         let mut server = match kind {
-            Kind::Palisade => {
+            Kind::Palisade | Kind::PalisadeOtel => {
                 let cfg = self.fixture.node_config(port)?;
                 let args = vec!["node".to_string(), "--config".into(), cfg.display().to_string()];
-                Server::spawn(&kind.name(), &self.palisade_copy, &args, &log, addr)?
+                let env = match (&self.otlp, kind) {
+                    (Some((_, endpoint)), Kind::PalisadeOtel) => vec![
+                        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint.clone()),
+                        // The SDK's defaults, but metrics every 5 s so their export is measured too.
+                        ("OTEL_METRIC_EXPORT_INTERVAL".to_string(), "5000".to_string()),
+                    ],
+                    _ => Vec::new(),
+                };
+                Server::spawn_with_env(&kind.name(), &self.palisade_copy, &args, &log, addr, &env)?
             }
             Kind::Bare(http) => {
                 let me = std::env::current_exe().context("cannot find this executable")?;
@@ -127,6 +145,32 @@ impl Setup {
             bail!("{}: pid {} is still the shell", server.name, server.pid());
         }
         Ok(server)
+    }
+}
+
+/// Starts `tests/otlp_receiver.py` on a free port (it prints `port N`).
+fn otlp_receiver(out: &std::path::Path) -> anyhow::Result<(Receiver, String)> {
+    use std::io::BufRead as _;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/otlp_receiver.py");
+    let mut child = std::process::Command::new("python3")
+        .args([script, "--port", "0", "--out", &out.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("python3 tests/otlp_receiver.py (scripts/install-deps.sh installs opentelemetry-proto and grpcio)")?;
+    let stdout = child.stdout.take().context("receiver stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let port: u16 = line.strip_prefix("port ").and_then(|p| p.trim().parse().ok()).with_context(|| format!("receiver said {line:?}"))?;
+    Ok((Receiver(child), format!("http://127.0.0.1:{port}")))
+}
+
+/// The receiver process, killed (by its own pid) with the scenario.
+struct Receiver(std::process::Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
