@@ -26,7 +26,6 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use crate::directory::{Directory, NodeEntry};
-use crate::service::Controller;
 
 /// Events queued for one follower before it starts losing them.
 pub const WATCHER_BUFFER: usize = 256;
@@ -45,7 +44,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn from_request(r: &pb::WatchEventsRequest) -> Filter {
+    pub(crate) fn from_request(r: &pb::WatchEventsRequest) -> Filter {
         Filter { node_id: r.node_id.clone(), subject: r.subject.clone(), result: r.result.clone(), code: r.code.clone() }
     }
 
@@ -57,11 +56,11 @@ impl Filter {
     }
 }
 
-struct Watcher {
+pub(crate) struct Watcher {
     filter: Filter,
     tx: mpsc::Sender<pb::EventsMessage>,
     /// Events this follower lost since it was last told.
-    dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
 }
 
 impl Watcher {
@@ -99,7 +98,7 @@ pub struct EventHub {
     /// Wakes the supervisor when followers come or go.
     changed: Notify,
     /// Set when the controller stops: every follow stream ends.
-    stopped: watch::Sender<bool>,
+    pub(crate) stopped: watch::Sender<bool>,
 }
 
 impl EventHub {
@@ -148,7 +147,7 @@ impl EventHub {
         }
     }
 
-    fn register(self: &Arc<Self>, filter: Filter) -> (u64, mpsc::Receiver<pb::EventsMessage>, Arc<Watcher>) {
+    pub(crate) fn register(self: &Arc<Self>, filter: Filter) -> (u64, mpsc::Receiver<pb::EventsMessage>, Arc<Watcher>) {
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
         let w = Arc::new(Watcher { filter, tx, dropped: AtomicU64::new(0) });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +192,7 @@ impl EventHub {
 
     /// Waits (at most [`CONNECT_WAIT`]) until the streams of `nodes` are open; returns
     /// the nodes covered and those not.
-    async fn wait_connected(&self, nodes: &[String]) -> (Vec<String>, Vec<String>) {
+    pub(crate) async fn wait_connected(&self, nodes: &[String]) -> (Vec<String>, Vec<String>) {
         let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
         let mut rxs: Vec<(String, Option<watch::Receiver<bool>>)> = {
             let s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -247,91 +246,15 @@ async fn follow_node(hub: Weak<EventHub>, entry: Weak<NodeEntry>, node_id: Strin
 }
 
 /// Takes a follower out of the hub when its stream is dropped (the operator went).
-struct Leave {
-    hub: Arc<EventHub>,
-    id: u64,
+pub(crate) struct Leave {
+    pub(crate) hub: Arc<EventHub>,
+    pub(crate) id: u64,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
         self.hub.deregister(self.id);
     }
-}
-
-fn watching(node_ids: Vec<String>, unreachable_node_ids: Vec<String>) -> pb::EventsMessage {
-    pb::EventsMessage { item: Some(pb::events_message::Item::Watching(pb::Watching { node_ids, unreachable_node_ids })) }
-}
-
-/// The WatchEvents RPC.
-pub async fn watch_events(c: &Arc<Controller>, req: pb::WatchEventsRequest) -> Result<EventsStream, Status> {
-    let targets: Vec<String> = c.targets(&req.node_id)?.iter().map(|n| n.record.id.clone()).collect();
-    let filter = Filter::from_request(&req);
-    if !req.follow {
-        return Ok(recent(c, req, targets).await);
-    }
-    let hub = c.events.clone();
-    let (id, rx, w) = hub.register(filter);
-    let leave = Leave { hub: hub.clone(), id };
-    let (ok, missing) = hub.wait_connected(&targets).await;
-    let stopped = hub.stopped.subscribe();
-    let first = futures_util::stream::iter([Ok(watching(ok, missing))]);
-    let rest = futures_util::stream::unfold((rx, w, leave, stopped), |(mut rx, w, leave, mut stopped)| async move {
-        // Losses first: the follower learns of them as soon as it reads again.
-        let lost = w.dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            let msg =
-                pb::EventsMessage { item: Some(pb::events_message::Item::Dropped(npb::Dropped { count: lost, node_id: String::new() })) };
-            return Some((Ok(msg), (rx, w, leave, stopped)));
-        }
-        let msg = tokio::select! {
-            m = rx.recv() => m?,
-            _ = stopped.wait_for(|s| *s) => return None,
-        };
-        Some((Ok(msg), (rx, w, leave, stopped)))
-    });
-    Ok(Box::pin(first.chain(rest)))
-}
-
-/// Without `follow`: every target node's recent matching events, the newest `limit`.
-async fn recent(c: &Arc<Controller>, req: pb::WatchEventsRequest, targets: Vec<String>) -> EventsStream {
-    let limit = match req.limit {
-        0 => 100,
-        n => n.min(1000),
-    };
-    let nodes: Vec<Arc<NodeEntry>> = targets.iter().filter_map(|id| c.directory.get(id)).collect();
-    let node_req = npb::WatchEventsRequest { subject: req.subject, result: req.result, code: req.code, follow: false, limit };
-    let results = c
-        .fan_out(nodes, |n| {
-            let r = node_req.clone();
-            async move {
-                let mut stream = n.client.clone().watch_events(r).await?.into_inner();
-                let mut out = Vec::new();
-                while let Some(m) = stream.next().await {
-                    if let Some(npb::events_message::Item::Event(e)) = m?.item {
-                        out.push(e);
-                    }
-                }
-                Ok(out)
-            }
-        })
-        .await;
-    let (mut ok, mut missing, mut events) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, r) in results {
-        match r {
-            Ok(evs) => {
-                ok.push(id);
-                events.extend(evs);
-            }
-            Err(_) => missing.push(id),
-        }
-    }
-    // Stable: a node's own order holds among events of the same millisecond.
-    events.sort_by_key(|e| e.unix_ms);
-    let skip = events.len().saturating_sub(limit as usize);
-    let msgs: Vec<Result<pb::EventsMessage, Status>> = std::iter::once(Ok(watching(ok, missing)))
-        .chain(events.into_iter().skip(skip).map(|e| Ok(pb::EventsMessage { item: Some(pb::events_message::Item::Event(e)) })))
-        .collect();
-    Box::pin(futures_util::stream::iter(msgs))
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 pub mod config;
 pub mod directory;
 pub mod events;
+mod rpc;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+mod watch;
 
 pub use config::ControllerConfig;
 pub use service::{Controller, ControllerHandle};

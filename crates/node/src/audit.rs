@@ -60,7 +60,7 @@ impl Attempt {
         let node = state.id();
         let duration_us = self.started.elapsed().as_micros() as u64;
         let client = self.client.unwrap_or(self.peer.ip());
-        state.events.publish(|| crate::events::handshake(self, client, accepted, status, code, reason, duration_us));
+        state.events.publish(|| handshake_event(self, client, accepted, status, code, reason, duration_us));
         state.counters.breakdown.handshake(code);
         if let Some(t) = state.telemetry.get() {
             t.record_handshake(accepted, self.started.elapsed().as_secs_f64());
@@ -131,4 +131,33 @@ impl Attempt {
 fn new_trace_id() -> String {
     let v: u128 = rand::random();
     format!("{v:032x}")
+}
+
+/// The handshake's event for `palisade events`: the audit record's fields, without the
+/// query string.
+pub fn handshake_event(
+    a: &Attempt,
+    client: std::net::IpAddr,
+    accepted: bool,
+    status: u16,
+    code: &str,
+    reason: &str,
+    duration_us: u64,
+) -> crate::events::Event {
+    crate::events::Event {
+        kind: crate::events::kind::HANDSHAKE,
+        conn_id: a.conn_id.clone(),
+        client_address: client.to_string(),
+        route: a.route.clone().unwrap_or_default(),
+        subject: a.subject.clone().unwrap_or_default(),
+        carrier: a.carrier.unwrap_or(""),
+        result: if accepted { "accepted" } else { "refused" },
+        code: code.to_owned(),
+        reason: reason.to_owned(),
+        status,
+        trace_id: a.trace_id.clone(),
+        duration_us,
+        origin: a.origin.clone().unwrap_or_default(),
+        ..Default::default()
+    }
 }

@@ -261,6 +261,6 @@ impl NodeControl for NodeControlService {
     type WatchEventsStream = crate::events::EventsStream;
 
     async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Ok(Response::new(crate::events::watch(&self.state, req.into_inner())))
+        Ok(Response::new(crate::events::watch(&self.state.events, self.state.id(), self.state.stop_tx.subscribe(), req.into_inner())))
     }
 }

@@ -16,8 +16,6 @@ use palisade_proto::node::v1 as pb;
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
 
-use crate::state::NodeState;
-
 /// Unread events kept per follower before it starts losing the oldest ones.
 pub const BUS_CAPACITY: usize = 1024;
 /// Events a node keeps for `WatchEvents` without `follow`.
@@ -162,35 +160,6 @@ impl EventBus {
     }
 }
 
-/// A handshake's event, from its audit record (`audit::Attempt::emit`): the same
-/// fields, without the query string.
-pub fn handshake(
-    a: &crate::audit::Attempt,
-    client: std::net::IpAddr,
-    accepted: bool,
-    status: u16,
-    code: &str,
-    reason: &str,
-    duration_us: u64,
-) -> Event {
-    Event {
-        kind: kind::HANDSHAKE,
-        conn_id: a.conn_id.clone(),
-        client_address: client.to_string(),
-        route: a.route.clone().unwrap_or_default(),
-        subject: a.subject.clone().unwrap_or_default(),
-        carrier: a.carrier.unwrap_or(""),
-        result: if accepted { "accepted" } else { "refused" },
-        code: code.to_owned(),
-        reason: reason.to_owned(),
-        status,
-        trace_id: a.trace_id.clone(),
-        duration_us,
-        origin: a.origin.clone().unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
 /// A policy change: `applied` (or `rejected` with `code` `invalid` or `stale` and the
 /// reason), from a push (`trace_id` of the call) or the etcd watch.
 pub fn policy(source: &'static str, version: u64, rejected: Option<(&str, String)>, trace_id: String) -> Event {
@@ -257,21 +226,20 @@ fn event_msg(node: &str, e: &Event) -> Result<pb::EventsMessage, tonic::Status> 
 /// `NodeControl.WatchEvents`: the recent matching events, or (`follow`) every new one
 /// until the client goes or the node stops. A follower that lags is told how many
 /// events it lost; the node never waits for it.
-pub fn watch(state: &Arc<NodeState>, req: pb::WatchEventsRequest) -> EventsStream {
+pub fn watch(bus: &EventBus, node: &str, mut stop: tokio::sync::watch::Receiver<bool>, req: pb::WatchEventsRequest) -> EventsStream {
     let filter = Filter { subject: req.subject, result: req.result, code: req.code };
-    let node = state.id().to_owned();
+    let node = node.to_owned();
     if !req.follow {
         let limit = match req.limit {
             0 => 100,
             n => n.min(RECENT as u32) as usize,
         };
-        let items: Vec<_> = state.events.recent(&filter, limit).iter().map(|e| event_msg(&node, e)).collect();
+        let items: Vec<_> = bus.recent(&filter, limit).iter().map(|e| event_msg(&node, e)).collect();
         return Box::pin(tokio_stream::iter(items));
     }
     // Subscribed before the answer's headers go out: a caller that has the answer sees
     // every later event.
-    let mut rx = state.events.subscribe();
-    let mut stop = state.stop_tx.subscribe();
+    let mut rx = bus.subscribe();
     let (tx, out) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {

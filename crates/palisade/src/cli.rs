@@ -236,7 +236,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             };
             let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
             let handle = controller.serve(listener, tls, etcd).await;
-            wait_for_shutdown().await;
+            crate::shutdown::wait_for_shutdown().await;
             handle.stop();
             handle.join().await;
             Ok(())
@@ -263,7 +263,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             cfg.insecure_control_plane = insecure_control_plane;
             let node = palisade_node::Node::bind(cfg).await?;
             let handle = node.spawn().await;
-            wait_for_shutdown().await;
+            crate::shutdown::wait_for_shutdown().await;
             handle.drain().await;
             handle.join().await;
             Ok(())
@@ -304,27 +304,5 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-    }
-}
-
-/// SIGTERM or Ctrl-C (the node, the controller and `palisade dev`).
-pub(crate) async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

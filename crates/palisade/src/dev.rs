@@ -229,7 +229,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let fleet = start(&opts).await?;
     print_banner(&opts, &fleet);
     // SIGTERM (a supervisor, `kill`, a container stop) drains like Ctrl-C.
-    crate::cli::wait_for_shutdown().await;
+    crate::shutdown::wait_for_shutdown().await;
     eprintln!("draining...");
     fleet.shutdown().await;
     Ok(())

@@ -4,5 +4,6 @@ pub mod check;
 pub mod cli;
 pub mod dev;
 pub mod ops;
+mod shutdown;
 pub mod token;
 pub mod trace;

@@ -1,0 +1,106 @@
+//! Messages from the client: the size, rate, type and schema rules, in-band control
+//! messages and refreshes (verified off the loop), and what goes to the upstream.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use palisade_policy::control_msg::{self, ControlMessage};
+use palisade_policy::{Claims, TokenError};
+
+use super::*;
+
+impl Session {
+    fn take_token(&mut self) -> bool {
+        let rate = self.policy.limits.messages.rate;
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_refill).as_secs_f64();
+        self.last_refill = now;
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst as f64);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(super) fn on_message(&mut self, binary: bool, data: Bytes, pending: &mut Pending) -> Flow {
+        let n = data.len() as u64;
+        let node = &self.state.counters;
+        node.messages_in.fetch_add(1, Ordering::Relaxed);
+        node.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+        if data.len() > self.limits.max_message_bytes() {
+            return close_with(close::TOO_BIG, "message too big");
+        }
+        // Control messages count too: a refresh costs a signature check.
+        if !self.take_token() {
+            return close_with(close::RATE_LIMITED, "message rate limit");
+        }
+        if !binary && let Some(ctl) = control_msg::parse(&data) {
+            return self.on_control(ctl, pending);
+        }
+        if binary && !self.acc.route.allow_binary {
+            return close_with(close::POLICY, "binary messages not allowed");
+        }
+        if !binary && let Some(schema) = &self.acc.route.schema {
+            let valid = serde_json::from_slice::<serde_json::Value>(&data).is_ok_and(|v| schema.is_valid(&v));
+            if !valid {
+                self.schema_violations += 1;
+                if self.schema_violations >= SCHEMA_VIOLATIONS_BEFORE_CLOSE {
+                    return close_with(close::POLICY, "schema violations");
+                }
+                return self.push(false, Bytes::from_static(control_msg::schema_violation().as_bytes()));
+            }
+        }
+        match &self.up_tx {
+            None => self.push(binary, data),
+            Some(tx) => match tx.try_send(Out::Data { binary, data }) {
+                Ok(()) => Flow::Continue,
+                Err(flume::TrySendError::Full(out)) => {
+                    pending.up = Some((Box::pin(tx.clone().into_send_async(out)), tokio::time::Instant::now() + UPSTREAM_SEND_TIMEOUT));
+                    Flow::Continue
+                }
+                Err(flume::TrySendError::Disconnected(_)) => close_with(close::INTERNAL, "upstream failure"),
+            },
+        }
+    }
+
+    fn on_control(&mut self, ctl: ControlMessage, pending: &mut Pending) -> Flow {
+        match ctl {
+            ControlMessage::Ping => self.push(false, Bytes::from_static(control_msg::pong().as_bytes())),
+            ControlMessage::Auth(None) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
+            ControlMessage::Auth(Some(token)) => {
+                let policy = self.state.policy.load().unwrap_or_else(|| self.policy.clone());
+                let state = self.state.clone();
+                if let Some(old) = pending.refresh.take() {
+                    old.abort();
+                }
+                pending.refresh = Some(tokio::spawn(async move { crate::jwks::verify(&state.jwks, &policy, &token, unix_now()).await }));
+                Flow::Continue
+            }
+        }
+    }
+
+    pub(super) fn on_refresh(&mut self, verified: Result<Claims, TokenError>) -> Flow {
+        let reply = match verified {
+            // A refresh must satisfy the route's rule too; the session keeps its old expiry.
+            Ok(c) if c.sub == self.acc.claims.sub && self.policy.access.check(&self.acc.route.path, &c.claims_b64).is_err() => {
+                control_msg::auth_error("forbidden")
+            }
+            Ok(c) if c.sub == self.acc.claims.sub => {
+                if c.jti != self.acc.claims.jti {
+                    // `disconnect --session` finds the session by its current token.
+                    self.state.registry.set_session(&self.conn_id, c.jti.clone());
+                }
+                self.acc.claims = c;
+                self.authenticated_at = unix_now();
+                control_msg::auth_ok(self.effective_exp())
+            }
+            Ok(_) => control_msg::auth_error("subject_mismatch"),
+            Err(e) => control_msg::auth_error(e.code()),
+        };
+        self.push(false, Bytes::from(reply))
+    }
+}
