@@ -9,5 +9,6 @@ PY=${PYTHON:-python3}
 export PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
+"$PY" scripts/check_layout.py # STYLE.md: no import circle, no module over 15 KiB
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
