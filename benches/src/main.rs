@@ -70,9 +70,9 @@ pub struct Common {
     #[arg(long)]
     pub keep_files: bool,
     /// Telemetry cost instead of the bar: a node exporting traces, metrics and logs over
-    /// OTLP/gRPC to a real receiver (`tests/otlp_receiver.py`, Python opentelemetry-proto
-    /// + grpcio) against the same node with export off; the ratio is on / off (handshake,
-    /// echo). The baselines are not run.
+    /// OTLP/gRPC to a real receiver (`tests/otlp_receiver.py`: Python, opentelemetry-proto
+    /// and grpcio) against the same node with export off; the ratio is on / off
+    /// (handshake, echo). The baselines are not run.
     #[arg(long)]
     pub otel: bool,
 }
