@@ -299,6 +299,25 @@ pub(crate) fn need_selector(s: &Option<npb::Selector>) -> Result<(), Status> {
         .ok_or_else(|| Status::invalid_argument("selector: required (use all=true for everyone)"))
 }
 
+/// The version a node reported in the trailer of a stale `ApplyPolicy`.
+fn trailer_version(s: &Status) -> Option<u64> {
+    s.metadata().get(palisade_plane::record::POLICY_VERSION_TRAILER)?.to_str().ok()?.parse().ok()
+}
+
+trait WithNodeVersion {
+    fn with_node_version(self, v: u64) -> Self;
+}
+
+impl WithNodeVersion for Status {
+    /// Keeps the node's version on a status made here.
+    fn with_node_version(mut self, v: u64) -> Status {
+        if let Ok(value) = v.to_string().parse() {
+            self.metadata_mut().insert(palisade_plane::record::POLICY_VERSION_TRAILER, value);
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,24 +336,5 @@ revocations:
         prune_expired(&mut doc, 1_800_000_000);
         let left: Vec<String> = doc.revocations.iter().map(|r| r.sub.clone().or(r.jti.clone()).unwrap_or_default()).collect();
         assert_eq!(left, vec!["kept-forever".to_string(), "future".to_string()]);
-    }
-}
-
-/// The version a node reported in the trailer of a stale `ApplyPolicy`.
-fn trailer_version(s: &Status) -> Option<u64> {
-    s.metadata().get(palisade_plane::record::POLICY_VERSION_TRAILER)?.to_str().ok()?.parse().ok()
-}
-
-trait WithNodeVersion {
-    fn with_node_version(self, v: u64) -> Self;
-}
-
-impl WithNodeVersion for Status {
-    /// Keeps the node's version on a status made here.
-    fn with_node_version(mut self, v: u64) -> Status {
-        if let Ok(value) = v.to_string().parse() {
-            self.metadata_mut().insert(palisade_plane::record::POLICY_VERSION_TRAILER, value);
-        }
-        self
     }
 }
