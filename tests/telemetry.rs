@@ -532,8 +532,11 @@ async fn one_operator_action_is_one_trace_across_the_fleet() {
     for (trace, rpc, cli_name) in [(disconnect, "Disconnect", "palisade disconnect"), (apply, "ApplyPolicy", "palisade policy apply")] {
         let spans = eventually(Duration::from_secs(20), &format!("the {rpc} trace"), || {
             let s: Vec<Span> = rx.spans().into_iter().filter(|s| s.trace_id == trace).collect();
-            (s.iter().filter(|s| s.name == format!("palisade.node.v1.NodeControl/{rpc}")).count() == 3
-                && s.iter().any(|s| s.name == cli_name))
+            // Each process exports on its own schedule: wait for all eight spans.
+            (s.len() >= 8
+                && s.iter().filter(|s| s.name == format!("palisade.node.v1.NodeControl/{rpc}")).count() == 3
+                && s.iter().any(|s| s.name == cli_name)
+                && s.iter().any(|s| s.name == format!("palisade.controller.v1.FleetControl/{rpc}")))
             .then_some(s)
         })
         .await;
