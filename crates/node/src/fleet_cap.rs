@@ -25,15 +25,18 @@ const MAX_TRIES: usize = 8;
 pub struct FleetSlot {
     etcd: Arc<Etcd>,
     key: String,
+    /// The holder written in the key: only a key still holding it is deleted.
+    conn_id: String,
 }
 
 impl Drop for FleetSlot {
     fn drop(&mut self) {
         let etcd = self.etcd.clone();
         let key = std::mem::take(&mut self.key);
+        let holder = std::mem::take(&mut self.conn_id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = etcd.delete_slot(&key).await {
+                if let Err(e) = etcd.delete_slot(&key, &holder).await {
                     // The lease still bounds it: the key goes with the node.
                     tracing::debug!(event = "fleet_slot_release_failed", error = %e);
                 }
@@ -50,9 +53,12 @@ pub enum Reserved {
 }
 
 impl Etcd {
-    async fn delete_slot(&self, key: &str) -> Result<(), ClusterError> {
+    /// Deletes `key` if `holder` still holds it: a slot that went with an old lease and
+    /// was taken by another session since is left alone.
+    async fn delete_slot(&self, key: &str, holder: &str) -> Result<(), ClusterError> {
         let mut c = self.client().await?;
-        self.bounded(c.delete(key, None)).await?;
+        let txn = Txn::new().when([Compare::value(key, CompareOp::Equal, holder)]).and_then([TxnOp::delete(key, None)]);
+        self.bounded(c.txn(txn)).await?;
         Ok(())
     }
 
@@ -77,8 +83,15 @@ impl Etcd {
                 conn_id,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-            if self.bounded(c.txn(txn)).await?.succeeded() {
-                return Ok(Reserved::Held(FleetSlot { etcd: self.clone(), key }));
+            match self.bounded(c.txn(txn)).await {
+                Ok(r) if r.succeeded() => return Ok(Reserved::Held(FleetSlot { etcd: self.clone(), key, conn_id: conn_id.to_owned() })),
+                Ok(_) => {}
+                Err(e) => {
+                    // The transaction may have committed after all: release what it may
+                    // hold, so that a timeout never leaks a slot for the node's life.
+                    let _ = self.delete_slot(&key, conn_id).await;
+                    return Err(e);
+                }
             }
         }
         Ok(Reserved::Full)

@@ -50,6 +50,7 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
     let (mut buf, head_len) = head_read.unwrap_or_default();
     let rest = buf.split_off(head_len);
     let mut attempt = Attempt::new(peer, state.tracer());
+    let mut lane_permit = None;
     let result = async {
         if head_len == 0 {
             return Err(Refusal::HeadersTooLarge.into());
@@ -68,7 +69,11 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
             _ => {}
         }
         let mut ip_slot = match admission {
-            Admission::OverCap(refusal, _permit) => return Err(refusal.into()),
+            Admission::OverCap(refusal, permit) => {
+                // Held until the refusal is written: the lane bounds those answers.
+                lane_permit = Some(permit);
+                return Err(refusal.into());
+            }
             Admission::Admitted { ip_slot } => ip_slot,
         };
         let policy = step::serving(&state)?;

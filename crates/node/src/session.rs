@@ -14,11 +14,15 @@
 //! reply; then the tasks are aborted, which closes the socket whatever the client does.
 
 mod frames;
+mod limits;
 mod machine;
 mod outbox;
 
+pub use limits::Limits;
+use limits::PingBucket;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,68 +58,6 @@ pub mod close {
 /// How long a closing session waits for the client's close reply (avoids resets); then
 /// the socket is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(3);
-
-/// The limits one session's tasks read, updated in place at every policy change: the
-/// reader's message limit and ping rate, the outbox's buffered-bytes limit.
-pub struct Limits {
-    max_message_bytes: AtomicUsize,
-    max_buffered_bytes: AtomicU64,
-    rate_per_second_bits: AtomicU64,
-    rate_burst: AtomicU64,
-}
-
-impl Limits {
-    fn new(p: &CompiledPolicy) -> Limits {
-        let l = Limits {
-            max_message_bytes: AtomicUsize::new(0),
-            max_buffered_bytes: AtomicU64::new(0),
-            rate_per_second_bits: AtomicU64::new(0),
-            rate_burst: AtomicU64::new(0),
-        };
-        l.update(p);
-        l
-    }
-
-    pub fn update(&self, p: &CompiledPolicy) {
-        let m = &p.limits.messages;
-        self.max_message_bytes.store(m.max_bytes, Ordering::Relaxed);
-        self.max_buffered_bytes.store(m.max_buffered_bytes as u64, Ordering::Relaxed);
-        self.rate_per_second_bits.store(m.rate.per_second.to_bits(), Ordering::Relaxed);
-        self.rate_burst.store(m.rate.burst, Ordering::Relaxed);
-    }
-
-    pub fn max_message_bytes(&self) -> usize {
-        self.max_message_bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn max_buffered_bytes(&self) -> u64 {
-        self.max_buffered_bytes.load(Ordering::Relaxed)
-    }
-
-    fn rate(&self) -> (f64, f64) {
-        (f64::from_bits(self.rate_per_second_bits.load(Ordering::Relaxed)), self.rate_burst.load(Ordering::Relaxed) as f64)
-    }
-}
-
-/// A token bucket for the client's Pings (the message rate, counted apart).
-struct PingBucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl PingBucket {
-    fn take(&mut self, (per_second, burst): (f64, f64)) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_second).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// The upstream side of a bridged session.
 pub struct UpstreamLink {
@@ -261,7 +203,7 @@ async fn client_reader<R: tokio::io::AsyncRead + Unpin>(
                 peer_closed = f.opcode == frames::OP_CLOSE;
                 match f.opcode {
                     frames::OP_PING if !pings.take(limits.rate()) => Some(Inbound::PingFlood),
-                    frames::OP_PING => outbox.pong(f.payload).err().map(|_| Inbound::SlowConsumer),
+                    frames::OP_PING => outbox.pong(Bytes::copy_from_slice(&f.payload)).err().map(|_| Inbound::SlowConsumer),
                     frames::OP_PONG => None,
                     frames::OP_CLOSE => Some(match parse_close(&f.payload) {
                         Ok((code, reason)) => {
@@ -287,6 +229,11 @@ async fn client_reader<R: tokio::io::AsyncRead + Unpin>(
             let last = !matches!(ev, Inbound::Message { .. });
 
             if tx.send_async(ev).await.is_err() {
+                // The session ended (the node is closing): read on until the client's
+                // close reply, within the linger, rather than leaving input unread.
+                if !peer_closed {
+                    rd.discard_until_close(limits.max_message_bytes()).await;
+                }
                 return;
             }
             if last {
@@ -300,9 +247,10 @@ async fn client_reader<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// An upstream payload in an allocation of its own: fastwebsockets cuts frames out of its
+/// read buffer, and a queued message must not keep that whole buffer alive.
 fn payload_bytes(p: Payload<'_>) -> Bytes {
     match p {
-        Payload::Bytes(b) => b.freeze(),
         Payload::Owned(v) => Bytes::from(v),
         other => Bytes::copy_from_slice(&other),
     }
@@ -334,7 +282,9 @@ async fn upstream_reader<S: tokio::io::AsyncRead + Unpin>(
             }
             std::future::ready(Ok::<(), std::convert::Infallible>(()))
         };
-        let limit = usize::try_from(limits.max_buffered_bytes()).unwrap_or(usize::MAX);
+        // A message from the upstream must fit the client's outgoing buffer, frame header
+        // included (at most 14 bytes).
+        let limit = usize::try_from(limits.max_buffered_bytes()).unwrap_or(usize::MAX).saturating_sub(14);
         rd.set_max_message_size(limit.saturating_add(1));
         let frame = match rd.read_frame(&mut send).await {
             Ok(f) => f,

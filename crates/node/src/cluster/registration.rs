@@ -62,9 +62,21 @@ impl Etcd {
             return Ok(None);
         }
         let ttl = i64::try_from(self.cfg.lease_ttl_seconds).unwrap_or(10);
-        let lease = self.bounded(c.lease_grant(ttl, None)).await?.id();
+        // A lease that is still alive (a keep-alive that failed once, etcd back within
+        // the TTL) is kept: revoking it would delete the fleet-wide user slots of the
+        // node's live sessions.
+        let alive = match reg.lease {
+            Some(old) => self.bounded(c.lease_time_to_live(old, None)).await.is_ok_and(|r| r.ttl() > 0),
+            None => false,
+        };
+        let lease = match reg.lease {
+            Some(old) if alive => old,
+            _ => self.bounded(c.lease_grant(ttl, None)).await?.id(),
+        };
         if let Err(e) = self.bounded(c.put(self.node_key(), value, Some(PutOptions::new().with_lease(lease)))).await {
-            let _ = self.bounded(c.lease_revoke(lease)).await;
+            if !alive {
+                let _ = self.bounded(c.lease_revoke(lease)).await;
+            }
             return Err(e);
         }
         if let Some(old) = reg.lease.replace(lease)

@@ -211,14 +211,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(ReadError::Io);
             }
         }
-        let mut frame = self.buf.split_to(total);
-        frame.advance(h.header_len);
-        unmask(&mut frame, h.mask);
+        // A payload that owns its buffer is handed on as is; one that shares a read with
+        // other frames (or sits in a much larger buffer) is copied, so that a queued
+        // message never keeps more memory alive than the bytes it is accounted for.
+        let payload = if total == self.buf.len() && self.buf.capacity() <= 2 * total + 64 {
+            let mut frame = self.buf.split_to(total);
+            frame.advance(h.header_len);
+            unmask(&mut frame, h.mask);
+            frame.freeze()
+        } else {
+            let mut own = BytesMut::from(&self.buf[h.header_len..total]);
+            unmask(&mut own, h.mask);
+            self.buf.advance(total);
+            own.freeze()
+        };
         if self.buf.is_empty() {
-            // Give the buffer back: the payload keeps only its own bytes alive.
+            // Give the buffer back between frames.
             self.buf = BytesMut::new();
         }
-        Ok(Some(Frame { fin: h.fin, opcode: h.opcode, payload: frame.freeze() }))
+        Ok(Some(Frame { fin: h.fin, opcode: h.opcode, payload }))
     }
 }
 

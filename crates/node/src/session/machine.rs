@@ -291,9 +291,22 @@ impl Session {
 /// Close codes that may not be sent on the wire (1005, 1006, 1015) become 1011.
 fn pass_through(code: u16) -> u16 {
     match code {
+        // An empty close frame is a normal closure.
+        close::NO_STATUS => close::NORMAL,
         1000..=1003 | 1007..=1014 | 3000..=4999 => code,
         _ => close::INTERNAL,
     }
 }
 
 mod messages;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upstream_close_codes_reach_the_client_as_the_spec_says() {
+        assert_eq!(super::pass_through(super::close::NO_STATUS), super::close::NORMAL, "an empty close is a normal closure");
+        assert_eq!(super::pass_through(4003), 4003);
+        assert_eq!(super::pass_through(1006), super::close::INTERNAL);
+        assert_eq!(super::pass_through(1015), super::close::INTERNAL);
+    }
+}

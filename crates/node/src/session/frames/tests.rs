@@ -133,3 +133,16 @@ async fn the_reader_holds_no_buffer_between_frames() {
     assert_eq!(r.buf.capacity(), 0, "the read buffer is released once consumed");
     assert!(r.next(|| 10_000).await.expect("clean EOF").is_none());
 }
+
+#[tokio::test]
+async fn a_payload_never_shares_a_read_with_other_frames() {
+    // Two frames in one read: the first one's payload must not keep the read alive.
+    let mut bytes = frame(0x8A, b"pong-1", true);
+    bytes.extend(frame(0x81, &[b'x'; 1500], true));
+    let mut r = FrameReader::new(&bytes[..]);
+    let first = r.next(|| 10_000).await.expect("ok").expect("frame");
+    assert_eq!(&first.payload[..], b"pong-1");
+    assert!(first.payload.try_into_mut().is_ok(), "an allocation of its own");
+    let second = r.next(|| 10_000).await.expect("ok").expect("frame");
+    assert_eq!(second.payload.len(), 1500);
+}
