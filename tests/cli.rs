@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::SinkExt as _;
 use palisade_testkit::{Message, Pki, TestKey, next_data, policy, ws_connect};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
@@ -26,22 +25,7 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Captured {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn palisade");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as _),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let lines = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stream).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                lines.lock().expect("lock").push(l);
-            }
-        });
-    }
+    let lines = palisade_testkit::capture_lines(&mut child);
     Captured { child, lines }
 }
 

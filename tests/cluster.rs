@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
@@ -17,7 +16,6 @@ use palisade_node::config::EtcdConfig;
 use palisade_testkit::etcd::Etcd;
 use palisade_testkit::{Message, Pki, TestKey, TestNode, Ws, close_code, next_data, policy, refused};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -90,33 +88,7 @@ fn ticket_of(r: &palisade_testkit::RawResponse) -> String {
     serde_json::from_str::<serde_json::Value>(&r.body).expect("json")["ticket"].as_str().expect("ticket").to_owned()
 }
 
-/// The JSON log lines of every in-process node of this test binary.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(move || LogSink(sink.clone()))
-            .try_init();
-        buf
-    })
-}
-
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use palisade_testkit::captured_logs as logs;
 
 fn log_lines(node_id: &str, event: &str) -> Vec<serde_json::Value> {
     let text = String::from_utf8_lossy(&logs().lock().expect("lock")).into_owned();
@@ -180,12 +152,7 @@ async fn killed_node_leaves_the_registry_within_its_lease_ttl() {
         .spawn()
         .expect("spawn palisade");
     // Drain stdout so the node never blocks on a full pipe.
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(_)) = lines.next_line().await {}
-        });
-    }
+    let _output = palisade_testkit::capture_lines(&mut child);
     let k = "/palisade/kill/nodes/doomed";
     eventually(Duration::from_secs(10), "the node process registered", || live_lease(&etcd, k)).await;
     let pid = child.id().expect("pid").to_string();

@@ -6,7 +6,7 @@
 //! the node serving and logging `etcd_unavailable`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
@@ -22,35 +22,7 @@ const ROOT_PASSWORD: &str = "root-Secret-1";
 const NODE_PASSWORD: &str = "node-Secret-2";
 const CONTROLLER_PASSWORD: &str = "controller-Secret-3";
 
-/// JSON log lines of this test binary.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use palisade_testkit::captured_logs as logs;
 
 fn log_text() -> String {
     String::from_utf8_lossy(&logs().lock().expect("lock")).into_owned()

@@ -13,7 +13,6 @@ use palisade_policy::Policy;
 use palisade_testkit::etcd::Etcd;
 use palisade_testkit::{Message, Pki, TestKey, TestNode, Ws, eventually, policy, refused, ws_connect};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const ORIGIN: (&str, &str) = ("Origin", "https://app.example.com");
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
@@ -133,12 +132,7 @@ async fn a_killed_nodes_slots_come_free_within_its_lease_ttl() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn palisade");
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(_)) = lines.next_line().await {}
-        });
-    }
+    let _output = palisade_testkit::capture_lines(&mut child);
     let url = format!("wss://localhost:{port}/echo");
     let t = format!("Bearer {}", key.token(json!({"sub": "erin"})));
     let _held = eventually(Duration::from_secs(10), "a session on the node process", || async {

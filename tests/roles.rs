@@ -5,49 +5,20 @@
 //! `palisade dev`: the WSS certificate is no control identity, the operator's is.
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
 use palisade_proto::controller::v1 as fleet;
 use palisade_proto::node::v1 as pb;
 use palisade_testkit::{CertKey, Message, Pki, Role, TEST_CLUSTER, TestKey, TestNode, grpc_channel, next_data, policy};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 const ORIGIN: (&str, &str) = ("Origin", "https://app.example.com");
 
-/// JSON log lines of this test binary (one global subscriber, installed once).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use palisade_testkit::captured_logs as logs;
 
 /// The `control_refused` records logged so far.
 fn refusals(buf: &Mutex<Vec<u8>>) -> Vec<serde_json::Value> {
@@ -362,22 +333,7 @@ impl Dev {
             .kill_on_drop(true)
             .spawn()
             .expect("palisade dev");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for s in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as _),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let lines = lines.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s).lines();
-                while let Ok(Some(l)) = r.next_line().await {
-                    lines.lock().expect("lock").push(l);
-                }
-            });
-        }
+        let lines = palisade_testkit::capture_lines(&mut child);
         Dev { child, lines }
     }
 

@@ -221,22 +221,7 @@ fn spawn(args: &[&str], env: &[(String, String)], dir: &Path) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(args).current_dir(dir).envs(env.iter().cloned()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn palisade");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    for s in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as _),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let lines = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(s).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                lines.lock().expect("lock").push(l);
-            }
-        });
-    }
+    let lines = palisade_testkit::capture_lines(&mut child);
     Proc { _child: child, lines }
 }
 

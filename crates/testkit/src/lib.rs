@@ -35,6 +35,8 @@ pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+mod capture;
+pub use capture::*;
 mod keys;
 pub use keys::*;
 mod certs;
