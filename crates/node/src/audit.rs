@@ -3,7 +3,6 @@
 //! query string is logged with `access_token`, `token` and `ticket` masked.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
@@ -25,7 +24,7 @@ pub struct Attempt {
     /// The trace id of the `ws.handshake` span when traces are exported, else random.
     pub trace_id: String,
     /// The `ws.handshake` span (SPEC section 9), ended by `emit`.
-    span: Mutex<Option<opentelemetry_sdk::trace::Span>>,
+    span: Option<opentelemetry_sdk::trace::Span>,
     span_id: String,
 }
 
@@ -47,7 +46,7 @@ impl Attempt {
             carrier: None,
             access_rule: None,
             trace_id,
-            span: Mutex::new(span),
+            span,
             span_id,
         }
     }
@@ -56,16 +55,16 @@ impl Attempt {
     /// internal detail for operators (which check failed), never sent to the client.
     /// The record is emitted inside the attempt's span (its log record carries the span's
     /// ids), which then ends.
-    pub fn emit(&self, state: &crate::state::NodeState, accepted: bool, status: u16, code: &str, reason: &str) {
+    pub fn emit(&mut self, state: &crate::state::NodeState, accepted: bool, status: u16, code: &str, reason: &str) {
         let node = state.id();
         let duration_us = self.started.elapsed().as_micros() as u64;
         let client = self.client.unwrap_or(self.peer.ip());
         state.events.publish(|| handshake_event(self, client, accepted, status, code, reason, duration_us));
         state.counters.breakdown.handshake(code);
         if let Some(t) = state.telemetry.get() {
-            t.record_handshake(accepted, self.started.elapsed().as_secs_f64());
+            t.record_handshake(accepted, duration_us as f64 / 1e6);
         }
-        let span = self.span.lock().unwrap_or_else(|p| p.into_inner()).take().map(|mut s| {
+        let span = self.span.take().map(|mut s| {
             s.set_attributes(self.span_attributes(client, accepted, status, code, duration_us));
             if status >= 500 {
                 s.set_status(Status::error(code.to_owned()));

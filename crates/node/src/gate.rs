@@ -208,7 +208,7 @@ async fn upgrade(
     rest: BytesMut,
     accepted: Accepted,
     policy: Arc<CompiledPolicy>,
-    attempt: Attempt,
+    mut attempt: Attempt,
     link: Option<UpstreamLink>,
     open: OpenGuard,
 ) {

@@ -129,16 +129,19 @@ impl Outbox {
     /// Per-subject egress: one alert per window, and the subject's sessions closed with
     /// 4003 when the policy says `action: disconnect`.
     fn account_egress(&self, n: u64) {
-        let Some(policy) = self.node.policy.load() else { return };
+        // Per message: read the two settings without taking a reference on the policy.
+        let Some((threshold, action)) = self.node.policy.with(|p| p.map(|p| (p.egress_alert_bytes_per_minute, p.egress_action))) else {
+            return;
+        };
         let minute = crate::handshake::unix_now() / 60;
-        if self.node.egress.add(&self.subject, n, policy.egress_alert_bytes_per_minute, minute) {
+        if self.node.egress.add(&self.subject, n, threshold, minute) {
             self.node.counters.egress_alerts.fetch_add(1, Ordering::Relaxed);
-            let disconnect = policy.egress_action == palisade_policy::model::EgressAction::Disconnect;
+            let disconnect = action == palisade_policy::model::EgressAction::Disconnect;
             tracing::warn!(
                 event = "egress_alert",
                 node = %self.node.id,
                 enduser.id = %self.subject,
-                threshold_bytes_per_minute = policy.egress_alert_bytes_per_minute,
+                threshold_bytes_per_minute = threshold,
                 action = if disconnect { "disconnect" } else { "log" },
             );
             self.node.events.publish(|| crate::events::Event {
@@ -146,7 +149,7 @@ impl Outbox {
                 subject: self.subject.to_string(),
                 result: "alert",
                 code: if disconnect { "disconnect" } else { "log" }.into(),
-                count: policy.egress_alert_bytes_per_minute,
+                count: threshold,
                 ..Default::default()
             });
             if disconnect {
