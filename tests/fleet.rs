@@ -306,4 +306,121 @@ async fn a_node_pushed_ahead_of_the_fleet_is_reported_diverged_not_ok() {
     assert!(err0.contains("diverged") && err0.contains(&version.to_string()), "both versions named: {err0}");
     let ok = nodes.iter().find(|n| n["node"] != id0).expect("node 1");
     assert_eq!((ok["ok"].as_bool(), ok["version"].as_u64()), (Some(true), Some(version)), "{ok}");
+
+    // `policy status` says the same: node 0 diverged with its own version, node 1 ok.
+    let (code, out, err) = f.cli(&["policy", "status", "-o", "json"]).await;
+    assert_eq!(code, 1, "a diverged fleet has not converged: {out} {err}");
+    let st: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((st["fleet_version"].as_u64(), st["converged"].as_bool()), (Some(version), Some(false)), "{st}");
+    let by_id = |id: &str| st["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == id).cloned().expect("listed");
+    let d = by_id(id0);
+    assert_eq!((d["state"].as_str(), d["version"].as_u64()), (Some("diverged"), Some(current + 1000)), "{d}");
+    assert!(!d["since"].as_str().unwrap_or_default().is_empty(), "since when: {d}");
+    let o = by_id(f.nodes[1].handle.state.id());
+    assert_eq!((o["state"].as_str(), o["version"].as_u64(), o["since"].as_str()), (Some("ok"), Some(version), Some("")), "{o}");
+    let (_, table, _) = f.cli(&["policy", "status"]).await;
+    assert!(table.contains("diverged") && table.contains(&format!("fleet version {version}")), "{table}");
+}
+
+/// A node process that misses a push (stopped with SIGSTOP) is reported unreachable, then
+/// converges through its etcd watch once it runs again, and `policy status` shows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_push_converges_through_its_watch_and_status_shows_it() {
+    let f = fleet(1).await;
+    let dir = f.pki.dir.path().to_path_buf();
+    std::fs::write(dir.join("sleeper-policy.yaml"), policy(&[&f.key]).to_yaml()).expect("w");
+    let ctl = f.pki.node_control_config("sleeper");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (wss, control) = (free(), free());
+    let cfg = format!(
+        "id = \"sleeper\"\ncluster = \"test\"\npolicy_file = \"sleeper-policy.yaml\"\n[listen]\nwss = \"127.0.0.1:{wss}\"\ncontrol = \"127.0.0.1:{control}\"\n[tls]\ncert = \"wss.pem\"\nkey = \"wss-key.pem\"\n[control]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n[[routes]]\npath = \"/echo\"\necho = true\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_seconds = 60\n",
+        ctl.cert.display(),
+        ctl.key.display(),
+        ctl.ca.display(),
+        f._etcd.endpoint()
+    );
+    std::fs::write(dir.join("sleeper.toml"), cfg).expect("w");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["node", "--config", dir.join("sleeper.toml").to_str().expect("p")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node process");
+    let pid = child.id().expect("pid").to_string();
+    palisade_testkit::eventually(Duration::from_secs(20), "the controller reaches both nodes", || async {
+        let (code, out, _) = f.cli(&["nodes", "-o", "json"]).await;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && v.as_array()?.len() == 2 && v.as_array()?.iter().all(|n| n["reachable"] == true)).then_some(())
+    })
+    .await;
+    let file = dir.join("p1.yaml");
+    std::fs::write(&file, policy(&[&f.key]).to_yaml()).expect("w");
+    let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    let v1 = r["version"].as_u64().expect("version");
+
+    // The node stops running (it keeps its sockets and its 60 s lease): the push misses it.
+    assert!(tokio::process::Command::new("kill").args(["-STOP", &pid]).status().await.expect("kill").success());
+    let mut p2 = policy(&[&f.key]);
+    p2.origins.allow.push("https://later.example.org".into());
+    std::fs::write(&file, p2.to_yaml()).expect("w");
+    let (code, out, _) = f.cli(&["policy", "apply", "-f", file.to_str().expect("p"), "-o", "json"]).await;
+    assert_eq!(code, 1, "not converged: {out}");
+    let r: Value = serde_json::from_str(&out).expect("json");
+    let v2 = r["version"].as_u64().expect("version");
+    let missed = r["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == "sleeper").cloned().expect("sleeper");
+    assert_eq!(missed["ok"], false, "{missed}");
+    let (code, out, _) = f.cli(&["policy", "status", "-o", "json"]).await;
+    assert_eq!(code, 1);
+    let st: Value = serde_json::from_str(&out).expect("json");
+    let sleeper = st["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == "sleeper").cloned().expect("sleeper");
+    assert_eq!((sleeper["state"].as_str(), sleeper["version"].as_u64()), (Some("unreachable"), Some(v1)), "last version seen: {sleeper}");
+    assert!(!sleeper["since"].as_str().unwrap_or_default().is_empty(), "since the missed push: {sleeper}");
+
+    // Running again, the node converges through its etcd watch (no second push).
+    assert!(tokio::process::Command::new("kill").args(["-CONT", &pid]).status().await.expect("kill").success());
+    palisade_testkit::eventually(Duration::from_secs(20), "the sleeper converges through its watch", || async {
+        let (code, out, _) = f.cli(&["policy", "status", "-o", "json"]).await;
+        let st: Value = serde_json::from_str(&out).ok()?;
+        let s = st["nodes"].as_array()?.iter().find(|n| n["node"] == "sleeper")?.clone();
+        (code == 0 && st["converged"] == true && s["state"] == "ok" && s["version"].as_u64() == Some(v2) && s["since"] == "").then_some(())
+    })
+    .await;
+    let _ = child.kill().await;
+}
+
+/// `connections --user` shows a capped subject's fleet-wide slots and the cap; `stats`
+/// counts the reservations and refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_of_a_capped_subject_show_the_fleet_count_and_the_cap() {
+    let f = fleet(2).await;
+    let mut capped = policy(&[&f.key]);
+    capped.limits.per_user.fleet_max_connections = Some(3);
+    let file = f.pki.dir.path().join("capped.yaml");
+    std::fs::write(&file, capped.to_yaml()).expect("w");
+    let r = f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    let _a = f.open(0, "frank").await;
+    let _b = f.open(1, "frank").await;
+    let r = f.json(&["connections", "--user", "frank"]).await;
+    assert_eq!(r["connections"].as_array().map(Vec::len), Some(2), "{r}");
+    assert_eq!((r["fleet"]["connections"].as_u64(), r["fleet"]["max_connections"].as_u64()), (Some(2), Some(3)), "{r}");
+    let (code, table, _) = f.cli(&["connections", "--user", "frank"]).await;
+    assert_eq!(code, 0);
+    assert!(table.contains("fleet-wide: 2 of 3 connections"), "{table}");
+    // A subject without sessions holds no slot.
+    let r = f.json(&["connections", "--user", "nobody"]).await;
+    assert_eq!(r["fleet"]["connections"].as_u64(), Some(0), "{r}");
+    let _c = f.open(0, "frank").await;
+    let t = format!("Bearer {}", f.key.token_for("frank"));
+    let refused = palisade_testkit::refused(f.nodes[1].ws("/echo", &[ORIGIN, ("Authorization", &t)]).await);
+    assert_eq!(refused.status, 429);
+    let totals = palisade_testkit::eventually(Duration::from_secs(10), "the stats to count the cap", || async {
+        let s = f.json(&["stats"]).await;
+        (s["totals"]["fleet_cap"]["reserved"].as_u64() == Some(3) && s["totals"]["fleet_cap"]["refused"].as_u64() == Some(1)).then_some(s)
+    })
+    .await;
+    assert_eq!(totals["totals"]["fleet_cap"]["fallbacks"].as_u64(), Some(0), "{totals}");
+    assert!(totals["totals"]["wss_cert_seconds_left"].as_i64().is_some_and(|s| s > 0), "{totals}");
 }

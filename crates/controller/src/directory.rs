@@ -36,6 +36,13 @@ impl NodeEntry {
     }
 }
 
+impl NodeEntry {
+    /// The latest `WatchStats` value, however old, and when it arrived.
+    pub fn last_stats_at(&self) -> Option<(pb::Stats, std::time::Instant)> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 impl Drop for NodeEntry {
     fn drop(&mut self) {
         self.stop.send_replace(true);

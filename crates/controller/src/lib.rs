@@ -6,8 +6,10 @@
 pub mod config;
 pub mod directory;
 pub mod events;
+pub mod lag;
 mod rpc;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 mod watch;

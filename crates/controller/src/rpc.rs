@@ -16,6 +16,13 @@ use tonic::{Request, Response, Status};
 
 use crate::service::{Controller, ControllerHandle, NodeOp, STATS_MAX_AGE, need_selector, store_status};
 
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl Controller {
     /// Serves FleetControl (plus health and reflection) on `listener`; with an etcd
     /// client, follows the node registry.
@@ -217,6 +224,12 @@ impl FleetControl for Service {
             t.bytes_out += s.bytes_out;
             t.buffered_bytes += s.buffered_bytes;
             t.egress_alerts += s.egress_alerts;
+            t.fleet_cap_reserved += s.fleet_cap_reserved;
+            t.fleet_cap_refused += s.fleet_cap_refused;
+            t.fleet_cap_fallbacks += s.fleet_cap_fallbacks;
+            // The fleet's soonest certificate expiry.
+            t.wss_cert_seconds_left = min_some(t.wss_cert_seconds_left, s.wss_cert_seconds_left);
+            t.control_cert_seconds_left = min_some(t.control_cert_seconds_left, s.control_cert_seconds_left);
             t.ready &= s.ready;
             t.draining |= s.draining;
         }
@@ -228,9 +241,19 @@ impl FleetControl for Service {
         if subject.is_empty() {
             return Err(Status::invalid_argument("subject: required"));
         }
-        let sel = Some(npb::Selector { target: Some(npb::selector::Target::Subject(subject)) });
+        let sel = Some(npb::Selector { target: Some(npb::selector::Target::Subject(subject.clone())) });
         let (connections, unreachable_node_ids) = self.c.connections("", sel, 1000).await?;
-        Ok(Response::new(pb::FindSubjectResponse { connections, unreachable_node_ids }))
+        // The fleet-wide view, when the policy caps the subject across the fleet.
+        let cap = self.c.store.get().await.map_err(store_status)?.and_then(|(p, _)| p.limits.per_user.fleet_max_connections);
+        let fleet_connections = match cap {
+            Some(_) => self.c.store.user_slots(&subject).await.map_err(store_status)?,
+            None => None,
+        };
+        Ok(Response::new(pb::FindSubjectResponse { connections, unreachable_node_ids, fleet_max_connections: cap, fleet_connections }))
+    }
+
+    async fn get_policy_status(&self, _r: Request<pb::GetPolicyStatusRequest>) -> Result<Response<pb::PolicyStatus>, Status> {
+        Ok(Response::new(self.c.policy_status().await?))
     }
 
     async fn drain(&self, r: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {

@@ -32,6 +32,8 @@ pub struct Controller {
     pub events: Arc<crate::events::EventHub>,
     /// OTLP export (SPEC section 9), started by `serve`.
     pub(crate) telemetry: crate::telemetry::ControllerTelemetry,
+    /// Since when each node has been off the fleet's version (`GetPolicyStatus`).
+    pub(crate) lag: crate::lag::LagTracker,
 }
 
 pub struct ControllerHandle {
@@ -65,6 +67,7 @@ impl Controller {
             policy_lock: tokio::sync::Mutex::new(()),
             events,
             telemetry: Default::default(),
+            lag: Default::default(),
         })
     }
 
@@ -136,7 +139,11 @@ impl Controller {
         let current = self.store.get().await.map_err(store_status)?.map_or(0, |(_, v)| v);
         let version = if dry_run { current + 1 } else { self.store.put(&doc, expected.unwrap_or(current)).await.map_err(store_status)? };
         let pushing = std::time::Instant::now();
+        let started_ms = crate::lag::unix_ms();
         let results = self.push(&doc, version, dry_run).await;
+        if !dry_run {
+            self.lag.pushed(started_ms, &results);
+        }
         let converged = results.iter().all(|r| r.ok);
         self.telemetry.policy_pushed(pushing.elapsed(), converged, dry_run);
         tracing::info!(event = "policy_pushed", version, dry_run, nodes = results.len(), converged);

@@ -16,13 +16,14 @@ pub enum StoreError {
 }
 
 pub enum FleetPolicy {
-    Etcd { client: Box<etcd_client::Client>, key: String },
+    Etcd { client: Box<etcd_client::Client>, key: String, keys: palisade_plane::etcd::Keys },
     Memory(Box<Mutex<Option<(Policy, u64)>>>),
 }
 
 impl FleetPolicy {
     pub fn etcd(client: etcd_client::Client, cluster: &str) -> FleetPolicy {
-        FleetPolicy::Etcd { client: Box::new(client), key: palisade_plane::etcd::Keys::new(cluster).policy() }
+        let keys = palisade_plane::etcd::Keys::new(cluster);
+        FleetPolicy::Etcd { client: Box::new(client), key: keys.policy(), keys }
     }
 
     pub fn memory(initial: Option<(Policy, u64)>) -> FleetPolicy {
@@ -33,12 +34,24 @@ impl FleetPolicy {
     pub async fn get(&self) -> Result<Option<(Policy, u64)>, StoreError> {
         match self {
             FleetPolicy::Memory(m) => Ok(m.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-            FleetPolicy::Etcd { client, key } => {
+            FleetPolicy::Etcd { client, key, .. } => {
                 let resp = client.as_ref().clone().get(key.as_str(), None).await?;
                 let Some(kv) = resp.kvs().first() else { return Ok(None) };
                 let text = std::str::from_utf8(kv.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let doc = Policy::from_yaml_or_json(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok(Some((doc, kv.mod_revision() as u64)))
+            }
+        }
+    }
+
+    /// How many fleet-wide connection slots `sub` holds (`None` without etcd).
+    pub async fn user_slots(&self, sub: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            FleetPolicy::Memory(_) => Ok(None),
+            FleetPolicy::Etcd { client, keys, .. } => {
+                let opts = etcd_client::GetOptions::new().with_prefix().with_count_only();
+                let resp = client.as_ref().clone().get(keys.user_slots(sub), Some(opts)).await?;
+                Ok(Some(resp.count().max(0) as u64))
             }
         }
     }
@@ -57,7 +70,7 @@ impl FleetPolicy {
                 *cur = Some((doc.clone(), v));
                 Ok(v)
             }
-            FleetPolicy::Etcd { client, key } => {
+            FleetPolicy::Etcd { client, key, .. } => {
                 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
                 let txn = Txn::new()
                     .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expected as i64)])

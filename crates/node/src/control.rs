@@ -89,6 +89,11 @@ pub fn stats(state: &NodeState) -> pb::Stats {
         ready: state.is_ready(),
         uptime_seconds: state.started.elapsed().map_or(0, |d| d.as_secs()),
         egress_alerts: c.egress_alerts.load(Ordering::Relaxed),
+        fleet_cap_reserved: state.fleet_cap.reserved.load(Ordering::Relaxed),
+        fleet_cap_refused: state.fleet_cap.refused.load(Ordering::Relaxed),
+        fleet_cap_fallbacks: state.fleet_cap.fallbacks.load(Ordering::Relaxed),
+        wss_cert_seconds_left: state.cert_expiry.wss_seconds_left(),
+        control_cert_seconds_left: state.cert_expiry.control_seconds_left(),
     }
 }
 

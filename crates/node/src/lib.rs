@@ -6,6 +6,7 @@
 //! and the interfaces the control plane itself uses: the policy store and the registry).
 
 mod audit;
+pub mod cert_expiry;
 pub mod cluster;
 pub mod config;
 mod control;

@@ -68,6 +68,12 @@ impl Node {
         };
         let policy_file = config.policy_file.clone();
         let state = NodeState::new(config).map_err(NodeError::Route)?;
+        if let Some(c) = &cert {
+            state.cert_expiry.set_wss(c.clone());
+        }
+        if let Some((_, Some(t))) = &control {
+            state.cert_expiry.set_control_pem(&t.cert_pem);
+        }
         if let Some(t) = crate::telemetry::start(&state) {
             let _ = state.telemetry.set(t);
         }
@@ -107,16 +113,32 @@ impl Node {
         let task = tokio::spawn(crate::server::serve(self.state.clone(), self.listener, self.tls, stop_rx));
         // Cluster state (SPEC section 8): registration and the policy watch, once the
         // listeners are bound so that the record holds their real addresses.
-        let cluster_tasks = match &self.state.etcd {
+        let mut cluster_tasks = match &self.state.etcd {
             Some(etcd) => {
                 let record = crate::cluster::node_record(&self.state, wss_addr, control_addr);
                 crate::cluster::spawn(self.state.clone(), etcd.clone(), record)
             }
             None => Vec::new(),
         };
+        cluster_tasks.push(spawn_expiry_warnings(self.state.clone()));
         tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, control = ?control_addr, "node serving");
         NodeHandle { state: self.state, wss_addr, control_addr, task, control_task, watcher, cluster_tasks }
     }
+}
+
+/// Logs, once now and then hourly, each certificate that is expired or expires within 14
+/// days. Ends with the node.
+fn spawn_expiry_warnings(state: Arc<NodeState>) -> tokio::task::JoinHandle<()> {
+    let mut stop = state.stop_tx.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::cert_expiry::CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => state.cert_expiry.warn_expiring(),
+                _ = stop.changed() => return,
+            }
+        }
+    })
 }
 
 pub struct NodeHandle {
@@ -126,7 +148,8 @@ pub struct NodeHandle {
     task: tokio::task::JoinHandle<()>,
     control_task: Option<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
-    /// etcd registration and policy watch (they end with `stop_tx`).
+    /// etcd registration, the policy watch, certificate expiry warnings (they end with
+    /// `stop_tx`).
     cluster_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 

@@ -95,6 +95,8 @@ pub struct NodeState {
     pub(crate) counters: Counters,
     /// Fleet-wide user cap outcomes: reserved, refused, fell back to the node's cap.
     pub fleet_cap: crate::fleet_cap::FleetCapCounters,
+    /// When the WSS and control certificates expire.
+    pub cert_expiry: crate::cert_expiry::CertExpiry,
     pub(crate) egress: crate::egress::EgressMeter,
     /// Keys from the policy's `auth.jwks_url`, when it has one.
     pub(crate) jwks: crate::jwks::JwksHolder,
@@ -139,6 +141,7 @@ impl NodeState {
             registry: Registry::default(),
             counters: Counters::default(),
             fleet_cap: Default::default(),
+            cert_expiry: Default::default(),
             egress: Default::default(),
             jwks: Default::default(),
             events: Default::default(),

@@ -122,6 +122,33 @@ fn register(meter: &opentelemetry::metrics::Meter, state: Weak<NodeState>) {
             }
         })
         .build();
+    let s = state.clone();
+    meter
+        .u64_observable_counter("palisade.fleet_cap")
+        .with_description("Fleet-wide user cap outcomes: a slot reserved in etcd, a refusal (every slot held), a fallback to the node's cap (etcd unavailable)")
+        .with_unit("{handshake}")
+        .with_callback(move |o| {
+            if let Some(s) = s.upgrade() {
+                let c = &s.fleet_cap;
+                for (outcome, n) in [("reserved", &c.reserved), ("refused", &c.refused), ("fallback", &c.fallbacks)] {
+                    o.observe(n.load(Ordering::Relaxed), &[KeyValue::new("palisade.outcome", outcome)]);
+                }
+            }
+        })
+        .build();
+    let s = state.clone();
+    meter
+        .i64_observable_gauge("palisade.tls.certificate.expiry")
+        .with_description("Seconds until a certificate of the node expires (negative once expired)")
+        .with_unit("s")
+        .with_callback(move |o| {
+            if let Some(s) = s.upgrade() {
+                for (certificate, not_after) in s.cert_expiry.certificates() {
+                    o.observe(palisade_plane::cert::seconds_left(not_after), &[KeyValue::new("palisade.certificate", certificate)]);
+                }
+            }
+        })
+        .build();
     let s = state;
     meter
         .u64_observable_counter("palisade.egress.alerts")

@@ -39,11 +39,14 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::BadKey(path.into()))
 }
 
-fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+/// The key pair and the end-entity certificate's notAfter (Unix seconds; `i64::MAX` when
+/// it does not parse as X.509, which rustls would have refused anyway).
+fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, i64), TlsError> {
     let certs = load_certs(cert)?;
+    let not_after = palisade_plane::cert::validity(&certs[0]).map_or(i64::MAX, |(_, na)| na);
     let key = load_key(key)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    Ok(CertifiedKey::from_der(certs, key, &provider)?)
+    Ok((CertifiedKey::from_der(certs, key, &provider)?, not_after))
 }
 
 /// Serves the current certificate; `reload_if_changed` swaps in new files.
@@ -52,6 +55,8 @@ pub struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    /// notAfter of the current certificate (Unix seconds).
+    not_after: std::sync::atomic::AtomicI64,
     stamp: std::sync::Mutex<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
@@ -61,9 +66,20 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 
 impl ReloadingCert {
     pub fn new(cert_path: PathBuf, key_path: PathBuf) -> Result<Arc<Self>, TlsError> {
-        let ck = certified_key(&cert_path, &key_path)?;
+        let (ck, not_after) = certified_key(&cert_path, &key_path)?;
         let stamp = (mtime(&cert_path), mtime(&key_path));
-        Ok(Arc::new(ReloadingCert { cert_path, key_path, current: ArcSwap::from_pointee(ck), stamp: std::sync::Mutex::new(stamp) }))
+        Ok(Arc::new(ReloadingCert {
+            cert_path,
+            key_path,
+            current: ArcSwap::from_pointee(ck),
+            not_after: not_after.into(),
+            stamp: std::sync::Mutex::new(stamp),
+        }))
+    }
+
+    /// notAfter of the certificate being served (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reloads when either file's modification time changed. A broken pair (half-written
@@ -75,8 +91,9 @@ impl ReloadingCert {
             return false;
         }
         match certified_key(&self.cert_path, &self.key_path) {
-            Ok(ck) => {
+            Ok((ck, not_after)) => {
                 self.current.store(Arc::new(ck));
+                self.not_after.store(not_after, std::sync::atomic::Ordering::Relaxed);
                 *stamp = now;
                 tracing::info!(event = "tls_reloaded", cert = %self.cert_path.display(), "WSS certificate reloaded");
                 true

@@ -15,11 +15,12 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
+use palisade_plane::cert as der;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Certificates that expire sooner than this are reported on stderr.
-pub const EXPIRY_WARNING_DAYS: i64 = 14;
+pub const EXPIRY_WARNING_DAYS: i64 = palisade_plane::cert::EXPIRY_WARNING_SECONDS / 86_400;
 
 /// What a successful check found worth saying.
 #[derive(Debug, Default)]
@@ -147,7 +148,7 @@ fn pair(r: &mut Report, now: i64, section: &str, cert: &Path, key: &Path, role_p
         validity(r, now, &what, cert, c)?;
     }
     if let Some(prefix) = role_prefix {
-        let uris = der::san_uris(&chain[0]).unwrap_or_default();
+        let uris = palisade_plane::roles::uri_sans(&chain[0]).unwrap_or_default();
         if !uris.iter().any(|u| u.starts_with(prefix)) {
             r.warnings.push(format!(
                 "{cert_field}: {} carries no role URI SAN `{prefix}...` (found: {})",
@@ -169,7 +170,7 @@ fn ca_file(r: &mut Report, now: i64, field: &str, path: &Path) -> anyhow::Result
 }
 
 fn validity(r: &mut Report, now: i64, field: &str, path: &Path, cert: &CertificateDer<'_>) -> anyhow::Result<()> {
-    let (not_before, not_after) = der::validity(cert).ok_or_else(|| anyhow!("{field}: {}: not an X.509 certificate", path.display()))?;
+    let (not_before, not_after) = der::validity(cert).map_err(|e| anyhow!("{field}: {}: {e}", path.display()))?;
     if now < not_before {
         bail!("{field}: {}: certificate not valid before {}", path.display(), der::format_time(not_before));
     }
@@ -196,151 +197,10 @@ fn unix_now() -> i64 {
 
 /// Just enough DER to read a certificate's validity and its URI SANs (rustls and webpki
 /// parse certificates but expose neither).
-mod der {
-    /// One TLV: (tag, contents, rest).
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (first as usize, rest)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
-            (len, &rest[n..])
-        };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
-    }
-
-    /// The TBSCertificate's fields, in order.
-    fn tbs_fields(cert: &[u8]) -> Option<Vec<(u8, &[u8])>> {
-        let (0x30, cert, _) = tlv(cert)? else { return None };
-        let (0x30, mut tbs, _) = tlv(cert)? else { return None };
-        let mut fields = Vec::new();
-        while !tbs.is_empty() {
-            let (tag, body, rest) = tlv(tbs)?;
-            fields.push((tag, body));
-            tbs = rest;
-        }
-        Some(fields)
-    }
-
-    /// (notBefore, notAfter) in Unix seconds.
-    pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
-        let fields = tbs_fields(cert)?;
-        // [0] version is optional; then serial, signature, issuer, validity.
-        let skip = usize::from(fields.first()?.0 == 0xa0);
-        let (0x30, validity) = *fields.get(skip + 3)? else { return None };
-        let (t1, b1, rest) = tlv(validity)?;
-        let (t2, b2, _) = tlv(rest)?;
-        Some((time(t1, b1)?, time(t2, b2)?))
-    }
-
-    /// The subjectAltName URIs of a certificate.
-    pub fn san_uris(cert: &[u8]) -> Option<Vec<String>> {
-        const SAN: &[u8] = &[0x55, 0x1d, 0x11];
-        let fields = tbs_fields(cert)?;
-        let mut out = Vec::new();
-        let Some(&(_, exts)) = fields.iter().find(|(t, _)| *t == 0xa3) else { return Some(out) };
-        let (0x30, mut exts, _) = tlv(exts)? else { return None };
-        while !exts.is_empty() {
-            let (_, ext, rest) = tlv(exts)?;
-            exts = rest;
-            let (0x06, oid, mut ext) = tlv(ext)? else { return None };
-            if oid != SAN {
-                continue;
-            }
-            let (mut tag, mut value, mut after) = tlv(ext)?;
-            if tag == 0x01 {
-                // critical BOOLEAN
-                ext = after;
-                (tag, value, after) = tlv(ext)?;
-            }
-            let _ = after;
-            if tag != 0x04 {
-                return None;
-            }
-            let (0x30, mut names, _) = tlv(value)? else { return None };
-            while !names.is_empty() {
-                let (t, v, rest) = tlv(names)?;
-                names = rest;
-                if t == 0x86 {
-                    out.push(String::from_utf8_lossy(v).into_owned());
-                }
-            }
-        }
-        Some(out)
-    }
-
-    fn digits(s: &[u8]) -> Option<i64> {
-        s.iter().try_fold(0i64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0')))
-    }
-
-    /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ) to Unix seconds.
-    fn time(tag: u8, s: &[u8]) -> Option<i64> {
-        let (year, rest) = match tag {
-            0x17 if s.len() == 13 => {
-                let yy = digits(&s[..2])?;
-                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
-            }
-            0x18 if s.len() == 15 => (digits(&s[..4])?, &s[4..]),
-            _ => return None,
-        };
-        if rest[10] != b'Z' {
-            return None;
-        }
-        let (month, day) = (digits(&rest[0..2])?, digits(&rest[2..4])?);
-        let (h, m, sec) = (digits(&rest[4..6])?, digits(&rest[6..8])?, digits(&rest[8..10])?);
-        Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
-    }
-
-    /// Unix seconds as RFC 3339 (UTC).
-    pub fn format_time(t: i64) -> String {
-        let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn dates_round_trip() {
-            assert_eq!(super::days_from_civil(1970, 1, 1), 0);
-            assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
-            assert_eq!(super::time(0x17, b"260301120000Z"), Some(1_772_366_400));
-            assert_eq!(super::format_time(1_772_366_400), "2026-03-01T12:00:00Z");
-            assert_eq!(super::time(0x18, b"20260301120000Z"), Some(1_772_366_400));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::der;
+    use palisade_plane::cert as der;
+    use palisade_plane::roles::uri_sans;
 
     #[test]
     fn reads_validity_and_uri_sans_of_a_real_certificate() {
@@ -354,6 +214,6 @@ mod tests {
         let (nb, na) = der::validity(der_bytes).expect("validity");
         assert_eq!(der::format_time(nb), "2025-01-02T00:00:00Z");
         assert_eq!(der::format_time(na), "2061-03-04T00:00:00Z");
-        assert_eq!(der::san_uris(der_bytes).expect("sans"), ["spiffe://palisade/prod/node/any"]);
+        assert_eq!(uri_sans(der_bytes).expect("sans"), ["spiffe://palisade/prod/node/any"]);
     }
 }

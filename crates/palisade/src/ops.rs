@@ -68,6 +68,9 @@ pub enum PolicyCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Each node's policy version against the fleet's: ok, lagging (since when),
+    /// diverged or unreachable. Exits 1 when the fleet has not converged.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +270,8 @@ fn stats_json(s: &npb::Stats) -> Value {
         "handshakes_accepted": s.handshakes_accepted, "handshakes_refused": s.handshakes_refused,
         "messages_in": s.messages_in, "messages_out": s.messages_out, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
         "buffered_bytes": s.buffered_bytes, "egress_alerts": s.egress_alerts, "ready": s.ready, "draining": s.draining, "uptime_seconds": s.uptime_seconds,
+        "fleet_cap": {"reserved": s.fleet_cap_reserved, "refused": s.fleet_cap_refused, "fallbacks": s.fleet_cap_fallbacks},
+        "wss_cert_seconds_left": s.wss_cert_seconds_left, "control_cert_seconds_left": s.control_cert_seconds_left,
     })
 }
 

@@ -1,5 +1,6 @@
 //! What the node and the controller share, so that neither links the other:
 //!
+//! - [`cert`]: a certificate's validity and the expiry warning threshold;
 //! - [`tls`]: the control-plane mTLS files (`[control]`, `[nodes_tls]`) and the tonic
 //!   server and client configurations built from them;
 //! - [`grpc`]: serving tonic services with `grpc.health.v1` and reflection v1 + v1alpha;
@@ -14,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cert;
 pub mod etcd;
 pub mod grpc;
 #[cfg(feature = "dev-pki")]

@@ -82,6 +82,12 @@ fn valid_segment(s: &str) -> bool {
 #[error("not an X.509 certificate: {0}")]
 pub struct CertError(String);
 
+impl CertError {
+    pub fn new(why: String) -> CertError {
+        CertError(why)
+    }
+}
+
 /// Every URI SAN of a DER certificate, in order.
 pub fn uri_sans(cert_der: &[u8]) -> Result<Vec<String>, CertError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| CertError(e.to_string()))?;

@@ -66,9 +66,13 @@ fn row(s: &npb::Stats) -> Vec<String> {
 pub async fn connections(c: &Conn, user: Option<String>, node: Option<String>) -> anyhow::Result<()> {
     let mut client = client(c).await?;
     // A subject across the whole fleet is FindSubject; anything else is ListConnections.
+    let mut fleet = None; // (held slots, cap) of a subject with a fleet-wide cap
     let (found, unreachable) = match (user, node) {
         (Some(subject), None) => {
             let r = client.find_subject(pb::FindSubjectRequest { subject }).await.map_err(rpc_err)?.into_inner();
+            if let Some(cap) = r.fleet_max_connections {
+                fleet = Some((r.fleet_connections, cap));
+            }
             (r.connections, r.unreachable_node_ids)
         }
         (user, node) => {
@@ -83,7 +87,11 @@ pub async fn connections(c: &Conn, user: Option<String>, node: Option<String>) -
     };
     let r = pb::ListConnectionsResponse { connections: found, unreachable_node_ids: unreachable };
     let conns: Vec<(String, npb::Connection)> = r.connections.into_iter().filter_map(|sc| sc.connection.map(|c| (sc.node_id, c))).collect();
-    let v = json!({"connections": conns.iter().map(|(n, c)| conn_json(n, c)).collect::<Vec<_>>(), "unreachable": r.unreachable_node_ids});
+    let mut v =
+        json!({"connections": conns.iter().map(|(n, c)| conn_json(n, c)).collect::<Vec<_>>(), "unreachable": r.unreachable_node_ids});
+    if let Some((held, cap)) = fleet {
+        v["fleet"] = json!({"connections": held, "max_connections": cap});
+    }
     print(c.output, &v, || {
         let rows: Vec<Vec<String>> = conns
             .iter()
@@ -100,7 +108,12 @@ pub async fn connections(c: &Conn, user: Option<String>, node: Option<String>) -
                 ]
             })
             .collect();
-        table(&["NODE", "CONN", "SUBJECT", "SESSION", "CLIENT", "ROUTE", "BYTES IN", "BYTES OUT"], &rows)
+        let mut out = table(&["NODE", "CONN", "SUBJECT", "SESSION", "CLIENT", "ROUTE", "BYTES IN", "BYTES OUT"], &rows);
+        if let Some((held, cap)) = fleet {
+            let held = held.map_or_else(|| "unknown (no etcd)".to_string(), |n| n.to_string());
+            out += &format!("fleet-wide: {held} of {cap} connections (limits.per_user.fleet_max_connections)\n");
+        }
+        out
     });
     if !r.unreachable_node_ids.is_empty() {
         bail!("some nodes could not be asked: {}", r.unreachable_node_ids.join(", "));

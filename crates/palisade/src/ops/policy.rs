@@ -44,6 +44,27 @@ pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
                 .into_inner();
             report(c.output, if dry_run { "dry run" } else { "policy applied" }, r.version, &r.results, r.converged)
         }
+        PolicyCommand::Status => {
+            let r = client.get_policy_status(pb::GetPolicyStatusRequest {}).await.map_err(rpc_err)?.into_inner();
+            let since = |ms: u64| if ms == 0 { String::new() } else { rfc3339_ms(ms) };
+            let v = json!({
+                "fleet_version": r.fleet_version,
+                "converged": r.converged,
+                "nodes": r.nodes.iter().map(|n| json!({"node": n.node_id, "version": n.version, "state": n.state, "since": since(n.since_unix_ms)})).collect::<Vec<_>>(),
+            });
+            print(c.output, &v, || {
+                let rows: Vec<Vec<String>> = r
+                    .nodes
+                    .iter()
+                    .map(|n| vec![n.node_id.clone(), n.version.to_string(), n.state.clone(), since(n.since_unix_ms)])
+                    .collect();
+                format!("fleet version {}\n{}", r.fleet_version, table(&["NODE", "VERSION", "STATE", "SINCE"], &rows))
+            });
+            if !r.converged {
+                bail!("the fleet has not converged on version {}", r.fleet_version);
+            }
+            Ok(())
+        }
         PolicyCommand::Diff { file } => {
             let new = read_policy_file(&file)?;
             let cur = match client.get_policy(pb::GetPolicyRequest {}).await {
