@@ -403,3 +403,42 @@ async fn insecure_control_plane_only_when_asked() {
     let mut c = pb::node_control_client::NodeControlClient::new(ch);
     assert_eq!(c.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner().policy_version, 1);
 }
+
+/// A WSS certificate with 3 days left: `GetStats` counts its seconds down, the control
+/// certificate's too, and the node logs a `certificate_expiring` warning naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_close_to_expiry_is_warned_and_counted_down() {
+    let logs = palisade_testkit::captured_logs();
+    let pki = std::sync::Arc::new(palisade_testkit::Pki::new());
+    // Self-signed, for localhost, expiring in 3 days (the day is what rcgen takes).
+    let in3 = palisade_plane::cert::format_time(palisade_plane::cert::unix_now() + 3 * 86_400 + 3600);
+    let ymd: Vec<i32> = in3[..10].split('-').map(|p| p.parse().expect("date")).collect();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(&pki.key_path, key.serialize_pem()).expect("w");
+    std::fs::write(&pki.cert_path, cert.pem()).expect("w");
+    let node = TestNode::start_in(pki, None, |_| {}).await;
+    let s = node.control().await.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner();
+    let left = s.wss_cert_seconds_left.expect("the WSS certificate is the node's");
+    assert!((2 * 86_400..=4 * 86_400).contains(&left), "about 3 days: {left}");
+    assert!(s.control_cert_seconds_left.is_some_and(|c| c > 14 * 86_400), "the control certificate is fresh: {s:?}");
+    let warned = palisade_testkit::eventually(Duration::from_secs(5), "the expiry warning", || {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "certificate_expiring" && v["certificate"] == "wss");
+        std::future::ready(found)
+    })
+    .await;
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert!(warned["seconds_left"].as_i64().is_some_and(|n| (2 * 86_400..=4 * 86_400).contains(&n)), "{warned}");
+    assert!(
+        !String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner()))
+            .lines()
+            .any(|l| l.contains("certificate_expiring") && l.contains("\"control\"")),
+        "a fresh certificate is not warned about"
+    );
+}

@@ -369,6 +369,17 @@ async fn handshake_spans_metrics_and_logs_reach_a_real_receiver() {
         let (kind, _) = rx.metric("otel-node", name).unwrap_or_else(|| panic!("{name} exported"));
         assert_eq!(kind, want, "{name}");
     }
+    // The WSS certificate's seconds left (the test certificate is years from expiry), and
+    // the fleet cap's outcomes (no cap in this policy: all zero, but every series there).
+    let (kind, certs) = rx.metric("otel-node", "palisade.tls.certificate.expiry").expect("certificate expiry exported");
+    assert_eq!(kind, "gauge");
+    let wss = certs.iter().find(|(a, _)| a.get("palisade.certificate").map(String::as_str) == Some("wss")).expect("the WSS certificate");
+    assert!(int(&wss.1) > 14 * 86_400, "{wss:?}");
+    let (kind, caps) = rx.metric("otel-node", "palisade.fleet_cap").expect("fleet cap exported");
+    assert_eq!(kind, "counter");
+    let mut outcomes: Vec<&str> = caps.iter().filter_map(|(a, _)| a.get("palisade.outcome").map(String::as_str)).collect();
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["fallback", "refused", "reserved"]);
     let (_, msgs) = rx.metric("otel-node", "palisade.messages").expect("messages");
     let dirs: Vec<&str> = msgs.iter().filter_map(|(a, _)| a.get("direction").map(String::as_str)).collect();
     assert!(dirs.contains(&"in") && dirs.contains(&"out"));
