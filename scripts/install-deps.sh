@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Palisade needs on a fresh Debian machine (as root):
 # protoc (build), etcd (cluster tests), and the third-party clients the tests drive
-# (websocat, grpcurl 1.8, the OTLP receiver's opentelemetry-proto + grpcio). Idempotent: skips what is already there.
+# (websocat, grpcurl 1.8, the OTLP receiver's opentelemetry-proto + grpcio, headless Chromium for
+# tests/browser.rs). Idempotent: skips what is already there.
 set -euo pipefail
 
 need_apt=()
@@ -9,6 +10,7 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium) # tests/browser.rs
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing with apt: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,7 @@
 //! Test-only helpers: a test PKI, signing keys of every algorithm family, nodes on free
 //! loopback ports, and real clients (rustls + tokio-tungstenite, and a raw HTTP/1.1
-//! client over TLS for malformed requests no WebSocket client would send).
+//! client over TLS for malformed requests no WebSocket client would send), and headless
+//! Chromium over the DevTools protocol with a server of test pages (`browser.rs`).
 
 pub mod etcd;
 
@@ -49,3 +50,5 @@ mod upstream;
 pub use upstream::*;
 mod raw;
 pub use raw::*;
+mod browser;
+pub use browser::*;
