@@ -30,6 +30,8 @@ if [ ${#need_pip[@]} -gt 0 ]; then
   "$PY" -m pip install -q "${need_pip[@]}"
 fi
 command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+# cargo-deny for the dependency audit (deny.toml).
+command -v cargo-deny >/dev/null 2>&1 || { echo "installing cargo-deny"; cargo install -q cargo-deny --locked; }
 bash "$(dirname "${BASH_SOURCE[0]}")/install-autobahn.sh" # wstest for tests/autobahn.rs (Python 2.7 venv)
 bash "$(dirname "${BASH_SOURCE[0]}")/install-helm.sh" # helm 3.18/4.x, kubernetes-validate, yamllint, hadolint for tests/helm.rs
 echo "dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"

@@ -11,4 +11,7 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 "$PY" scripts/check_layout.py # STYLE.md: no import circle, no module over 15 KiB
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# deny.toml: no ring or openssl, one major version of tonic, prost, rustls and hyper,
+# accepted licenses, crates.io only (advisories need the RustSec database: docs/security.md).
+cargo deny --locked check bans licenses sources
 cargo test --workspace --locked
