@@ -226,6 +226,23 @@ impl Wss {
         Ok(echoed)
     }
 
+    /// Waits for the server's close frame (answering Pings) and returns its code.
+    pub async fn wait_close(&mut self) -> Result<u16, String> {
+        loop {
+            let (opcode, header, len) = self.next_frame().await?;
+            let body = self.rd[header..header + len].to_vec();
+            self.rd.advance(header + len);
+            match opcode {
+                0x8 => return Ok(body.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))),
+                0x9 => {
+                    let pong = masked_frame(0xA, &body);
+                    self.stream.write_all(&pong).await.map_err(|e| format!("pong: {e}"))?;
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The close handshake (1000), then waits for the server to end the connection, so
     /// that the server has done its teardown work when this returns.
     pub async fn close(mut self) -> Result<(), String> {

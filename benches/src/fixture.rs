@@ -90,6 +90,13 @@ impl Fixture {
         Ok(path)
     }
 
+    /// An `Authorization` header value for subject `sub`, valid for two hours.
+    pub fn bearer_for(&self, sub: &str) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + 7200, "jti": format!("{:032x}", rand::random::<u128>())});
+        Ok(format!("Bearer {}", self.signing_key.sign(Some(KID), &claims)?))
+    }
+
     /// `n` distinct `Authorization` header values (subjects `bench-0`, `bench-1`, ...),
     /// valid for two hours.
     pub fn bearer_tokens(&self, n: usize) -> anyhow::Result<Vec<String>> {

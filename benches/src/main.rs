@@ -32,6 +32,10 @@ enum Cmd {
     Echo(EchoArgs),
     /// Server RSS per idle authenticated WSS connection.
     Memory(MemoryArgs),
+    /// The fleet bars: push and disconnect on 20 node processes, a push to 1,000 simulated nodes.
+    Fleet(scenario::fleet::FleetArgs),
+    /// Many real nodes in one process (spawned by `fleet`).
+    FleetSim(scenario::fleet::sim::SimArgs),
     /// The baseline: bare rustls + fastwebsockets upgrade and echo, no checks (spawned by
     /// the scenarios as a separate process).
     BareServer(bare::BareArgs),
@@ -134,6 +138,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Handshake(a) => with_runtime(|| scenario::handshake::run(a)),
         Cmd::Echo(a) => with_runtime(|| scenario::echo::run(a)),
         Cmd::Memory(a) => with_runtime(|| scenario::memory::run(a)),
+        Cmd::Fleet(a) => with_runtime(|| scenario::fleet::run(a)),
+        Cmd::FleetSim(a) => with_runtime(|| scenario::fleet::sim::run(a)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! What the scenarios share: the fixture, the client, and starting the servers.
 
 pub mod echo;
+pub mod fleet;
 pub mod handshake;
 pub mod memory;
 
