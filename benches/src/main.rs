@@ -34,6 +34,8 @@ enum Cmd {
     Memory(MemoryArgs),
     /// The fleet bars: push and disconnect on 20 node processes, a push to 1,000 simulated nodes.
     Fleet(scenario::fleet::FleetArgs),
+    /// CPU of one ES256 verification: palisade's verifier against jsonwebtoken alone.
+    Verify(scenario::verify::VerifyArgs),
     /// Many real nodes in one process (spawned by `fleet`).
     FleetSim(scenario::fleet::sim::SimArgs),
     /// The baseline: bare rustls + fastwebsockets upgrade and echo, no checks (spawned by
@@ -139,6 +141,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Echo(a) => with_runtime(|| scenario::echo::run(a)),
         Cmd::Memory(a) => with_runtime(|| scenario::memory::run(a)),
         Cmd::Fleet(a) => with_runtime(|| scenario::fleet::run(a)),
+        Cmd::Verify(a) => scenario::verify::run(a),
         Cmd::FleetSim(a) => with_runtime(|| scenario::fleet::sim::run(a)),
     };
     match result {

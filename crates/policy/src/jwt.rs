@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 /// Why a token was refused. The code maps to SPEC section 3's table; `reason` is for the
@@ -106,7 +106,9 @@ pub struct Key {
     pub kid: String,
     pub alg: Algorithm,
     decoding: DecodingKey,
-    validation: Validation,
+    /// ES256 and ES384 keys parsed once, verified with the fixed-size (r || s) signature
+    /// of JWS as it is: no SEC1 parse and no DER conversion per token.
+    ec: Option<aws_lc_rs::signature::ParsedPublicKey>,
 }
 
 impl std::fmt::Debug for Key {
@@ -118,13 +120,30 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     pub fn new(kid: String, alg: Algorithm, decoding: DecodingKey) -> Self {
-        let mut validation = Validation::new(alg);
-        // Claims are checked by `Verifier` against its own clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims = HashSet::new();
-        Key { kid, alg, decoding, validation }
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
+        let curve = match alg {
+            Algorithm::ES256 => Some(&ECDSA_P256_SHA256_FIXED),
+            Algorithm::ES384 => Some(&ECDSA_P384_SHA384_FIXED),
+            _ => None,
+        };
+        // A point that does not parse leaves the key to jsonwebtoken, which refuses it.
+        let ec = curve.zip(decoding.try_get_as_bytes().ok()).and_then(|(c, point)| ParsedPublicKey::new(c, point).ok());
+        Key { kid, alg, decoding, ec }
+    }
+
+    /// Whether `signature` (the token's third segment) signs `message` (the first two).
+    fn verifies(&self, message: &[u8], signature: &str) -> Result<bool, TokenError> {
+        match &self.ec {
+            Some(key) => {
+                use base64::Engine as _;
+                let sig =
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid("malformed"))?;
+                Ok(key.verify_sig(message, &sig).is_ok())
+            }
+            None => {
+                jsonwebtoken::crypto::verify(signature, message, &self.decoding, self.alg).map_err(|_| TokenError::Invalid("malformed"))
+            }
+        }
     }
 }
 
@@ -223,8 +242,10 @@ impl Verifier {
         if token.len() > 16 * 1024 || token.bytes().filter(|b| *b == b'.').count() != 2 {
             return Err(TokenError::Invalid("malformed"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed_header"))?;
-        if has_crit(token) {
+        let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Invalid("malformed"))?;
+        let (header_b64, claims_b64) = message.split_once('.').ok_or(TokenError::Invalid("malformed"))?;
+        let header = parse_header(header_b64)?;
+        if header.crit {
             // RFC 7515 section 4.1.11: we understand no extension, so a token that
             // requires one must be refused, whatever `crit` lists.
             return Err(TokenError::Invalid("crit_header"));
@@ -234,16 +255,15 @@ impl Verifier {
             // Pins the algorithm to the key: no `none`, no HS/RS confusion.
             return Err(TokenError::Invalid("alg_mismatch"));
         }
-        let data = jsonwebtoken::decode::<RawClaims>(token, &key.decoding, &key.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            TokenError::Invalid(match e.kind() {
-                K::InvalidSignature => "bad_signature",
-                K::InvalidAlgorithm => "alg_mismatch",
-                K::Json(_) | K::InvalidClaimFormat(_) => "malformed_claims",
-                _ => "malformed",
-            })
-        })?;
-        let c = data.claims;
+        // The signature first: nothing of an unsigned payload is parsed.
+        if !key.verifies(message.as_bytes(), signature)? {
+            return Err(TokenError::Invalid("bad_signature"));
+        }
+        let json = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims_b64).map_err(|_| TokenError::Invalid("malformed"))?
+        };
+        let c: RawClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid("malformed_claims"))?;
         let exp = c.exp.as_ref().ok_or(TokenError::Invalid("missing_exp"))?;
         let exp = numeric_date(exp).ok_or(TokenError::Invalid("malformed_exp"))?;
         let sub = c.sub.filter(|s| !s.is_empty()).ok_or(TokenError::Invalid("missing_sub"))?;
@@ -283,24 +303,39 @@ impl Verifier {
         if self.revocations.is_revoked(&sub, c.jti.as_deref(), iat) {
             return Err(TokenError::Revoked);
         }
-        let claims_b64 = token.split('.').nth(1).unwrap_or_default().to_owned();
-        Ok(Claims { sub, exp, iat, jti: c.jti, kid: header.kid, claims_b64 })
+        Ok(Claims { sub, exp, iat, jti: c.jti, kid: header.kid, claims_b64: claims_b64.to_owned() })
     }
 }
 
-/// Whether the protected header has a `crit` member (any value, `null` included).
-/// The header segment is decoded again here because jsonwebtoken's `Header` reads a
-/// `crit: null` as absent.
-fn has_crit(token: &str) -> bool {
+/// The protected header, parsed once: the algorithm (a name we support, else the header
+/// is malformed), the key id, and whether it has a `crit` member (any value, `null`
+/// included). Other members are ignored; a duplicate member is malformed.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+struct Header {
+    alg: Algorithm,
+    kid: Option<String>,
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+fn parse_header(segment: &str) -> Result<Header, TokenError> {
     use base64::Engine as _;
-    let segment = token.split('.').next().unwrap_or_default();
-    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else { return true };
-    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json) {
-        Ok(members) => members.contains_key("crit"),
-        // decode_header parsed it already; a header that parses there and not here is
-        // not one to trust.
-        Err(_) => true,
-    }
+    let bad = |_| TokenError::Invalid("malformed_header");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Invalid("malformed_header"))?;
+    let h: RawHeader = serde_json::from_slice(&json).map_err(bad)?;
+    let alg = parse_alg(&h.alg).ok_or(TokenError::Invalid("malformed_header"))?;
+    Ok(Header { alg, kid: h.kid, crit: h.crit })
 }
 
 /// Keys by kid (from a JWKS document).
@@ -308,7 +343,7 @@ pub type KeySet = HashMap<String, Arc<Key>>;
 
 /// The `kid` a token names, if its header parses (to decide on a JWKS refetch).
 pub fn token_kid(token: &str) -> Option<String> {
-    jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid)
+    parse_header(token.split('.').next()?).ok()?.kid
 }
 
 mod keys;

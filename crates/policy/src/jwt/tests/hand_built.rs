@@ -167,3 +167,49 @@ fn jwks_keys_for_encryption_are_skipped() {
     let (keys, skipped) = parse_jwks(&serde_json::to_vec(&doc).expect("json")).expect("parses");
     assert_eq!((keys.len(), skipped), (0, 1));
 }
+
+#[test]
+fn the_header_is_parsed_strictly_once() {
+    let v = hs_verifier(|_| {});
+    let body = format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60);
+    for (header, why) in [
+        (r#"{"alg":"HS256","kid":"h","alg":"HS256"}"#, "a duplicate member"),
+        (r#"{"alg":"none","kid":"h"}"#, "alg none"),
+        (r#"{"alg":"HS257","kid":"h"}"#, "an unknown alg"),
+        (r#"{"kid":"h"}"#, "no alg"),
+        (r#"{"alg":"HS256","kid":7}"#, "a kid that is not a string"),
+        (r#"["alg","HS256"]"#, "not an object"),
+    ] {
+        assert_eq!(v.verify(&raw_hs(header, &body), NOW), Err(TokenError::Invalid("malformed_header")), "{why}");
+    }
+    // Unknown members are ignored; `kid` is what `token_kid` reads.
+    let t = raw_hs(r#"{"alg":"HS256","kid":"h","typ":"JWT","x-extra":{"a":1}}"#, &body);
+    assert!(v.verify(&t, NOW).is_ok());
+    assert_eq!(crate::jwt::token_kid(&t).as_deref(), Some("h"));
+    // A bad signature is refused before the claims are read: malformed claims under a
+    // wrong signature say bad_signature.
+    let forged = format!("{}.{}", raw_hs(r#"{"alg":"HS256","kid":"h"}"#, "not json").rsplit_once('.').expect("dots").0, "AAAA");
+    assert_eq!(v.verify(&forged, NOW), Err(TokenError::Invalid("bad_signature")));
+}
+
+#[test]
+fn es256_signatures_are_checked_in_their_fixed_form() {
+    use base64::Engine as _;
+    let ec = keypair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let v = verifier(vec![kd("k", "ES256", &ec.public_pem)], |_| {});
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(ec.private_pem.as_bytes()).expect("key");
+    let t = raw_jws(r#"{"alg":"ES256","kid":"k"}"#, &claims(json!({})).to_string(), &key, Algorithm::ES256);
+    assert!(v.verify(&t, NOW).is_ok());
+    let (message, sig) = t.rsplit_once('.').expect("dots");
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut raw = e.decode(sig).expect("b64");
+    assert_eq!(raw.len(), 64, "r || s");
+    raw[10] ^= 1;
+    assert_eq!(v.verify(&format!("{message}.{}", e.encode(&raw)), NOW), Err(TokenError::Invalid("bad_signature")));
+    // A DER-encoded signature is not JWS's form.
+    assert_eq!(
+        v.verify(&format!("{message}.{}", e.encode([0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01])), NOW),
+        Err(TokenError::Invalid("bad_signature"))
+    );
+    assert_eq!(v.verify(&format!("{message}.!!"), NOW), Err(TokenError::Invalid("malformed")));
+}
