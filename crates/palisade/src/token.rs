@@ -19,7 +19,7 @@ pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
     if n == 0 {
         bail!("the ttl must be positive");
     }
-    Ok(n * mult)
+    n.checked_mul(mult).with_context(|| format!("`{s}` is too long a duration"))
 }
 
 pub struct MintArgs<'a> {
@@ -80,4 +80,32 @@ pub fn check(token: &str, policy: Option<&palisade_policy::Policy>, route: Optio
         };
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("90s").ok(), Some(90));
+        assert_eq!(parse_ttl(" 15m ").ok(), Some(900));
+        assert_eq!(parse_ttl("2h").ok(), Some(7200));
+        assert_eq!(parse_ttl("1d").ok(), Some(86_400));
+        assert_eq!(parse_ttl("3600").ok(), Some(3600));
+        assert_eq!(parse_ttl("18446744073709551615").ok(), Some(u64::MAX));
+        for bad in ["", "0s", "-1", "1w", "d", "1.5h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_ttl_too_long_for_u64_is_an_error() {
+        // Regression (fuzz target timestamps): the unit multiplied with overflow, a panic
+        // with overflow checks and a wrapped, short ttl without.
+        for s in ["1844674407370955161d", "213503982334602d", "5124095576030432h", "307445734561825861m"] {
+            assert!(parse_ttl(s).is_err(), "{s}");
+        }
+        assert_eq!(parse_ttl("213503982334601d").ok(), Some(213_503_982_334_601 * 86_400));
+    }
 }

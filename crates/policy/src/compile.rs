@@ -277,10 +277,12 @@ fn jwks_url_allowed(url: &str) -> bool {
 
 /// Parses an RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`, with
 /// the `time` crate) to unix seconds, fractions truncated. `None` for anything else,
-/// including times before 1970 and after 9999 (`time`'s range); never panics.
+/// including times before 1970 and after 9999-12-31T23:59:59Z ([`jwt::MAX_UNIX`], the
+/// last second JWT dates keep; a local time in 9999 west of UTC is already year 10000);
+/// never panics.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    u64::try_from(t.unix_timestamp()).ok()
+    u64::try_from(t.unix_timestamp()).ok().filter(|t| *t <= jwt::MAX_UNIX)
 }
 
 #[cfg(test)]

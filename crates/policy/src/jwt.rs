@@ -66,6 +66,27 @@ struct RawClaims {
     jti: Option<String>,
 }
 
+/// `T` read from a JSON object only: the JOSE header and the claims set are objects
+/// (RFC 7519 section 7.2), but serde's derive alone also reads an array as the fields in
+/// order, so `["alice",1900000000]` verified as `sub` and `exp` (fuzz target jwt_claims).
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Audience {
@@ -263,7 +284,7 @@ impl Verifier {
             use base64::Engine as _;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims_b64).map_err(|_| TokenError::Invalid("malformed"))?
         };
-        let c: RawClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid("malformed_claims"))?;
+        let Object::<RawClaims>(c) = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid("malformed_claims"))?;
         let exp = c.exp.as_ref().ok_or(TokenError::Invalid("missing_exp"))?;
         let exp = numeric_date(exp).ok_or(TokenError::Invalid("malformed_exp"))?;
         let sub = c.sub.filter(|s| !s.is_empty()).ok_or(TokenError::Invalid("missing_sub"))?;
@@ -333,7 +354,7 @@ fn parse_header(segment: &str) -> Result<Header, TokenError> {
     use base64::Engine as _;
     let bad = |_| TokenError::Invalid("malformed_header");
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Invalid("malformed_header"))?;
-    let h: RawHeader = serde_json::from_slice(&json).map_err(bad)?;
+    let Object::<RawHeader>(h) = serde_json::from_slice(&json).map_err(bad)?;
     let alg = parse_alg(&h.alg).ok_or(TokenError::Invalid("malformed_header"))?;
     Ok(Header { alg, kid: h.kid, crit: h.crit })
 }

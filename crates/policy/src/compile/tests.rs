@@ -30,6 +30,11 @@ fn rfc3339() {
     assert_eq!(parse_rfc3339("2026-11-25T04:30:00-05:30"), Some(1_795_600_800));
     assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Some(crate::jwt::MAX_UNIX));
     assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None, "before the epoch");
+    // Regression (fuzz target timestamps): 9999 west of UTC is year 10000 in UTC, past
+    // the last second JWT dates keep; it parsed to 253402304399.
+    assert_eq!(parse_rfc3339("9999-12-31T23:59:59-01:00"), None);
+    assert_eq!(parse_rfc3339("9999-12-31T23:59:59+01:00"), Some(crate::jwt::MAX_UNIX - 3600));
+    assert_eq!(parse_rfc3339("1970-01-01T00:30:00+01:00"), None, "before the epoch in UTC");
 }
 
 #[test]

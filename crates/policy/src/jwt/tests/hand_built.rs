@@ -35,6 +35,23 @@ fn raw_jws_helper_makes_valid_tokens() {
 }
 
 #[test]
+fn a_header_or_claims_that_are_not_a_json_object_are_refused() {
+    // Regression (fuzz target jwt_claims): serde's derive read a JSON array as the fields
+    // in order, so these verified as sub "alice" (and the header as alg and kid).
+    let v = hs_verifier(|_| {});
+    let h = r#"{"alg":"HS256","kid":"h"}"#;
+    let exp = NOW + 60;
+    for claims in [format!(r#"["alice",{exp},null,null,null,null,"t-1"]"#), r#""alice""#.into(), "null".into(), "7".into()] {
+        assert_eq!(v.verify(&raw_hs(h, &claims), NOW), Err(TokenError::Invalid("malformed_claims")), "{claims}");
+    }
+    let ok = format!(r#"{{"sub":"alice","exp":{exp},"extra":[1,{{"a":null}}]}}"#);
+    assert_eq!(v.verify(&raw_hs(r#"["HS256","h"]"#, &ok), NOW), Err(TokenError::Invalid("malformed_header")));
+    let dup = format!(r#"{{"sub":"alice","sub":"bob","exp":{exp}}}"#);
+    assert_eq!(v.verify(&raw_hs(h, &dup), NOW), Err(TokenError::Invalid("malformed_claims")), "duplicates stay refused");
+    assert_eq!(v.verify(&raw_hs(h, &ok), NOW).map(|c| c.sub), Ok("alice".into()));
+}
+
+#[test]
 fn numeric_dates_at_the_edge_of_the_range_are_clamped_or_refused() {
     let v = hs_verifier(|p| p.auth.leeway_seconds = 30);
     let tok = |claims: String| raw_hs(r#"{"alg":"HS256","kid":"h"}"#, &claims);
