@@ -30,6 +30,8 @@ if [ ${#need_pip[@]} -gt 0 ]; then
   "$PY" -m pip install -q "${need_pip[@]}"
 fi
 command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+# cargo-fuzz for scripts/fuzz.sh (fuzz/, run on stable with RUSTC_BOOTSTRAP=1).
+command -v cargo-fuzz >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo-fuzz" ] || { echo "installing cargo-fuzz"; cargo install -q cargo-fuzz --locked; }
 # cargo-deny for the dependency audit (deny.toml).
 command -v cargo-deny >/dev/null 2>&1 || { echo "installing cargo-deny"; cargo install -q cargo-deny --locked; }
 bash "$(dirname "${BASH_SOURCE[0]}")/install-autobahn.sh" # wstest for tests/autobahn.rs (Python 2.7 venv)

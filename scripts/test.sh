@@ -11,6 +11,7 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 "$PY" scripts/check_layout.py # STYLE.md: no import circle, no module over 15 KiB
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/fuzz.sh 3 # every fuzz target builds and runs 3 s on its seeds (fuzz/README.md)
 # deny.toml: no ring or openssl, one major version of tonic, prost, rustls and hyper,
 # accepted licenses, crates.io only (advisories need the RustSec database: docs/security.md).
 cargo deny --locked check bans licenses sources

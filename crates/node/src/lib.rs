@@ -15,6 +15,8 @@ mod egress;
 pub mod etcd;
 pub mod events;
 pub mod fleet_cap;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod handshake;
 mod http;

@@ -14,6 +14,8 @@
 //! reply; then the tasks are aborted, which closes the socket whatever the client does.
 
 mod frames;
+#[doc(hidden)]
+pub(crate) mod fuzzing;
 mod limits;
 mod machine;
 mod outbox;

@@ -111,12 +111,17 @@ async fn read_origin(
         Ok(Err(_)) => return Err(Refusal::BadHandshake.because("body_incomplete")),
         Err(_) => return Err(Refusal::BadHandshake.because("body_timeout")),
     };
+    request_origin(&body)
+}
+
+/// The ticket request body: `{"origin": ...}` or `{}`, the origin normalised.
+pub fn request_origin(body: &[u8]) -> Result<Option<String>, Refused> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Req {
         origin: Option<String>,
     }
-    match serde_json::from_slice::<Req>(&body) {
+    match serde_json::from_slice::<Req>(body) {
         Ok(Req { origin: Some(o) }) => match palisade_policy::origin::Origin::parse(&o) {
             Some(parsed) => Ok(Some(parsed.normalized())),
             None => Err(Refusal::BadHandshake.because("bad_ticket_request")),

@@ -87,14 +87,14 @@ impl Tickets {
 }
 
 /// A ticket id as minted: base64url, between 128 and 1024 bits.
-fn plausible_id(id: &str) -> bool {
+pub fn plausible_id(id: &str) -> bool {
     (22..=171).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A ticket as stored in etcd (JSON). `palisade_policy::Claims` has no serde derives: this
 /// mirrors it field by field.
 #[derive(Debug, Serialize, Deserialize)]
-struct StoredTicket {
+pub(crate) struct StoredTicket {
     sub: String,
     exp: u64,
     #[serde(default)]
@@ -106,26 +106,26 @@ struct StoredTicket {
     claims_b64: String,
     #[serde(default)]
     origin: Option<String>,
-    expires_unix_ms: u64,
+    pub(crate) expires_unix_ms: u64,
 }
 
 impl StoredTicket {
-    fn from_record(r: TicketRecord, expires_unix_ms: u64) -> StoredTicket {
+    pub(crate) fn from_record(r: TicketRecord, expires_unix_ms: u64) -> StoredTicket {
         let Claims { sub, exp, iat, jti, kid, claims_b64 } = r.claims;
         StoredTicket { sub, exp, iat, jti, kid, claims_b64, origin: r.origin, expires_unix_ms }
     }
 
-    fn into_record(self) -> TicketRecord {
+    pub(crate) fn into_record(self) -> TicketRecord {
         let StoredTicket { sub, exp, iat, jti, kid, claims_b64, origin, .. } = self;
         TicketRecord { claims: Claims { sub, exp, iat, jti, kid, claims_b64 }, origin }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         // Plain strings and integers: serialisation cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    fn decode(bytes: &[u8]) -> Option<StoredTicket> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<StoredTicket> {
         serde_json::from_slice(bytes).ok()
     }
 }
