@@ -38,6 +38,9 @@ enum Cmd {
     Verify(scenario::verify::VerifyArgs),
     /// Many real nodes in one process (spawned by `fleet`).
     FleetSim(scenario::fleet::sim::SimArgs),
+    /// Minutes of churn and refusals against a node, then a cool-down: RSS, descriptors,
+    /// live sessions and handshake latency every second must end flat.
+    Soak(scenario::soak::SoakArgs),
     /// The baseline: bare rustls + fastwebsockets upgrade and echo, no checks (spawned by
     /// the scenarios as a separate process).
     BareServer(bare::BareArgs),
@@ -140,6 +143,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Handshake(a) => with_runtime(|| scenario::handshake::run(a)),
         Cmd::Echo(a) => with_runtime(|| scenario::echo::run(a)),
         Cmd::Memory(a) => with_runtime(|| scenario::memory::run(a)),
+        Cmd::Soak(a) => with_runtime(|| scenario::soak::run(a)),
         Cmd::Fleet(a) => with_runtime(|| scenario::fleet::run(a)),
         Cmd::Verify(a) => scenario::verify::run(a),
         Cmd::FleetSim(a) => with_runtime(|| scenario::fleet::sim::run(a)),

@@ -4,6 +4,7 @@ pub mod echo;
 pub mod fleet;
 pub mod handshake;
 pub mod memory;
+pub mod soak;
 pub mod verify;
 
 use std::net::SocketAddr;
