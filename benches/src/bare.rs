@@ -25,9 +25,8 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// How the HTTP upgrade is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -51,10 +50,14 @@ impl Http {
 pub struct BareArgs {
     #[arg(long)]
     pub port: u16,
+    #[arg(long, required_unless_present = "plain")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, required_unless_present = "plain")]
+    pub key: Option<PathBuf>,
+    /// Plain `ws://` without TLS (an upstream echo server, or the baseline of a node with
+    /// TLS offloaded); `--cert` and `--key` are then not needed.
     #[arg(long)]
-    pub cert: PathBuf,
-    #[arg(long)]
-    pub key: PathBuf,
+    pub plain: bool,
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     #[arg(long, value_enum, default_value_t = Http::Hyper)]
@@ -82,10 +85,14 @@ fn tls_config(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<Arc<rustls::Serve
 }
 
 async fn serve(a: BareArgs) -> anyhow::Result<()> {
-    let acceptor = TlsAcceptor::from(tls_config(&a.cert, &a.key)?);
+    let acceptor = match (&a.cert, &a.key, a.plain) {
+        (_, _, true) => None,
+        (Some(c), Some(k), false) => Some(TlsAcceptor::from(tls_config(c, k)?)),
+        _ => anyhow::bail!("--cert and --key, or --plain"),
+    };
     let addr = SocketAddr::new(a.host, a.port);
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    println!("bare_server_listening addr={addr} http={}", a.http.name());
+    println!("bare_server_listening addr={addr} http={} tls={}", a.http.name(), !a.plain);
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -99,13 +106,25 @@ async fn serve(a: BareArgs) -> anyhow::Result<()> {
         let http = a.http;
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            match http {
-                Http::Hyper => hyper_connection(acceptor, tcp).await,
+            match (http, acceptor) {
+                (Http::Hyper, Some(acceptor)) => {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        hyper_connection(tls).await;
+                    }
+                }
+                (Http::Hyper, None) => hyper_connection(tcp).await,
                 // The session gets a task of its own (as with hyper's upgrade), so that
                 // the handshake's state does not stay in the idle session's memory.
-                Http::Raw => {
-                    if let Some(tls) = raw_upgrade(acceptor, tcp).await {
+                (Http::Raw, Some(acceptor)) => {
+                    if let Ok(tls) = acceptor.accept(tcp).await
+                        && let Some(tls) = raw_upgrade(tls).await
+                    {
                         tokio::spawn(echo(WebSocket::after_handshake(tls, Role::Server)));
+                    }
+                }
+                (Http::Raw, None) => {
+                    if let Some(tcp) = raw_upgrade(tcp).await {
+                        tokio::spawn(echo(WebSocket::after_handshake(tcp, Role::Server)));
                     }
                 }
             }
@@ -113,8 +132,7 @@ async fn serve(a: BareArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn hyper_connection(acceptor: TlsAcceptor, tcp: TcpStream) {
-    let Ok(tls) = acceptor.accept(tcp).await else { return };
+async fn hyper_connection<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S) {
     let service = service_fn(|mut req: Request<Incoming>| async move {
         let (response, upgraded) = fastwebsockets::upgrade::upgrade(&mut req)?;
         tokio::spawn(async move {
@@ -124,14 +142,13 @@ async fn hyper_connection(acceptor: TlsAcceptor, tcp: TcpStream) {
         });
         Ok::<Response<Empty<Bytes>>, WebSocketError>(response)
     });
-    let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), service).with_upgrades().await;
+    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
 }
 
 const MAX_HEAD: usize = 8 * 1024;
 
-/// TLS, the head read by hand, the 101; the TLS stream is then ready for the session.
-async fn raw_upgrade(acceptor: TlsAcceptor, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
-    let mut tls = acceptor.accept(tcp).await.ok()?;
+/// The head read by hand, the 101; the (TLS or plain) stream is then ready for the session.
+async fn raw_upgrade<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S) -> Option<S> {
     let mut buf = BytesMut::with_capacity(2048);
     let head_len = loop {
         if tls.read_buf(&mut buf).await.ok()? == 0 {

@@ -28,10 +28,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 pub struct Client {
-    connector: TlsConnector,
+    /// None: a plain `ws://` client ([`Client::plain`]).
+    connector: Option<TlsConnector>,
     server_name: ServerName<'static>,
     sources: Vec<Ipv4Addr>,
     authorizations: Vec<String>,
+    /// `X-Forwarded-For` values used in turn (none when empty).
+    forwarded: Vec<String>,
     next: AtomicUsize,
 }
 
@@ -73,10 +76,11 @@ impl Client {
         let sources = (0..sources.clamp(1, 250)).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i)).collect();
         anyhow::ensure!(!authorizations.is_empty(), "no token");
         Ok(Arc::new(Client {
-            connector: TlsConnector::from(Arc::new(cfg)),
+            connector: Some(TlsConnector::from(Arc::new(cfg))),
             server_name: ServerName::try_from(SERVER_NAME)?.to_owned(),
             sources,
             authorizations,
+            forwarded: Vec::new(),
             next: AtomicUsize::new(0),
         }))
     }
@@ -97,11 +101,18 @@ impl Client {
         socket.bind(SocketAddr::new(source.into(), 0)).map_err(io_err("bind"))?;
         let tcp = socket.connect(addr).await.map_err(io_err("connect"))?;
         tcp.set_nodelay(true).map_err(io_err("nodelay"))?;
-        let mut tls = self.connector.connect(self.server_name.clone(), tcp).await.map_err(io_err("tls"))?;
+        let mut tls = match &self.connector {
+            Some(c) => Stream::Tls(Box::new(c.connect(self.server_name.clone(), tcp).await.map_err(io_err("tls"))?)),
+            None => Stream::Plain(tcp),
+        };
+        let forwarded = match self.forwarded.len() {
+            0 => String::new(),
+            n => format!("X-Forwarded-For: {}\r\n", self.forwarded[i % n]),
+        };
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
         let request = format!(
             "GET {PATH} HTTP/1.1\r\nHost: {SERVER_NAME}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\nAuthorization: {authorization}\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\nAuthorization: {authorization}\r\n{forwarded}\r\n",
             port = addr.port()
         );
         tls.write_all(request.as_bytes()).await.map_err(io_err("write"))?;
@@ -131,7 +142,7 @@ impl Client {
 
 /// An open WebSocket session (client side).
 pub struct Wss {
-    stream: TlsStream<TcpStream>,
+    stream: Stream,
     rd: BytesMut,
 }
 
@@ -264,11 +275,14 @@ impl Wss {
     /// Drops the client's TLS state and keeps only the socket: an idle session that costs
     /// this process almost nothing. The socket is reset (no TIME_WAIT) when dropped.
     pub fn into_idle(self) -> TcpStream {
-        let (tcp, _) = self.stream.into_inner();
+        let tcp = self.stream.into_tcp();
         let _ = tcp.set_zero_linger();
         tcp
     }
 }
 
 mod load;
+mod paced;
+mod stream;
 pub use load::*;
+pub use stream::*;

@@ -32,6 +32,13 @@ enum Cmd {
     Echo(EchoArgs),
     /// Server RSS per idle authenticated WSS connection.
     Memory(MemoryArgs),
+    /// Handshakes per server CPU second: palisade against the reference Node.js design
+    /// (npm `ws` + `jsonwebtoken` behind node:https).
+    NodeReference(HandshakeArgs),
+    /// Server RSS per idle authenticated connection with TLS offloaded (plain ws://).
+    MemoryOffloaded(scenario::offload::OffloadArgs),
+    /// Round-trip latency added by the upstream bridge at a fixed message rate.
+    Bridge(scenario::bridge::BridgeArgs),
     /// The fleet bars: push and disconnect on 20 node processes, a push to 1,000 simulated nodes.
     Fleet(scenario::fleet::FleetArgs),
     /// CPU of one ES256 verification: palisade's verifier against jsonwebtoken alone.
@@ -143,6 +150,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Handshake(a) => with_runtime(|| scenario::handshake::run(a)),
         Cmd::Echo(a) => with_runtime(|| scenario::echo::run(a)),
         Cmd::Memory(a) => with_runtime(|| scenario::memory::run(a)),
+        Cmd::NodeReference(a) => with_runtime(|| scenario::reference::run(a)),
+        Cmd::MemoryOffloaded(a) => with_runtime(|| scenario::offload::run(a)),
+        Cmd::Bridge(a) => with_runtime(|| scenario::bridge::run(a)),
         Cmd::Soak(a) => with_runtime(|| scenario::soak::run(a)),
         Cmd::Fleet(a) => with_runtime(|| scenario::fleet::run(a)),
         Cmd::Verify(a) => scenario::verify::run(a),

@@ -1,9 +1,13 @@
 //! What the scenarios share: the fixture, the client, and starting the servers.
 
+pub mod bridge;
 pub mod echo;
 pub mod fleet;
 pub mod handshake;
 pub mod memory;
+pub mod nodes;
+pub mod offload;
+pub mod reference;
 pub mod soak;
 pub mod verify;
 
@@ -69,7 +73,7 @@ pub struct Setup {
     pub client: Arc<Client>,
     /// Where the palisade binary came from, and the copy that runs.
     pub palisade_bin: PathBuf,
-    palisade_copy: PathBuf,
+    pub palisade_copy: PathBuf,
     pub ticks_per_second: u64,
     /// The OTLP receiver of `--otel` and its endpoint.
     otlp: Option<(Receiver, String)>,
@@ -102,7 +106,7 @@ impl Setup {
         let port = crate::proc::free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = self.fixture.dir.path().join(format!("{}-{port}.log", kind.name()));
-        let mut server = match kind {
+        let server = match kind {
             Kind::Palisade | Kind::PalisadeOtel | Kind::PalisadeOff => {
                 let cfg = self.fixture.node_config(port)?;
                 let args = vec!["node".to_string(), "--config".into(), cfg.display().to_string()];
@@ -132,10 +136,17 @@ impl Setup {
                 Server::spawn(&kind.name(), &me, &args, &log, addr)?
             }
         };
+        self.ready(server, &self.client).await
+    }
+
+    /// Waits until `client` gets a real upgrade from `server` (30 s at most), and checks
+    /// that the pid is the server's own.
+    pub async fn ready(&self, mut server: Server, client: &Client) -> anyhow::Result<Server> {
+        let addr = server.addr;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             server.check_alive()?;
-            match self.client.open(addr).await {
+            match client.open(addr).await {
                 Ok(ws) => {
                     ws.close().await.map_err(|e| anyhow::anyhow!("{}: first session: {e}", server.name))?;
                     break;

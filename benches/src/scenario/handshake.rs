@@ -11,7 +11,7 @@ use anyhow::bail;
 use super::{Setup, Tally, banner, kinds, rotated, summarize};
 use crate::HandshakeArgs;
 use crate::client::handshake_burst;
-use crate::proc::SETTLE;
+use crate::proc::{SETTLE, Server};
 use crate::report::Table;
 
 pub const TARGET: f64 = 1.25;
@@ -39,13 +39,65 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
     );
 
     let warmup = a.warmup.unwrap_or((n / 10).max(100));
-    for s in &servers {
+    let Measured { table, tallies, first_problem } = measure(&setup, &servers, warmup, n, slices, concurrency, rounds).await?;
+    for s in servers {
+        s.stop();
+    }
+    table.print();
+
+    let names: Vec<String> = kinds.iter().map(|k| k.name()).collect();
+    let failed: usize = tallies.iter().flatten().map(|t| t.refused + t.failed).sum();
+    let mut json = summarize("handshake", "handshake", 1, &names, &tallies, TARGET);
+    if let Some(c) = json.get_f64("palisade_us") {
+        println!("  palisade: {:.0} accepted handshakes per server CPU second", 1e6 / c);
+    }
+    println!("  refused or failed handshakes: {failed}");
+    // Context: how the budget of the bar compares with the one check that must cost.
+    if let (Some(b), Ok(v)) = (json.get_f64("baseline_us"), crate::fixture::es256_verify_us(&setup.fixture)) {
+        println!(
+            "  context: the {TARGET}x budget allows {:.1} us/handshake over the baseline; one ES256 verification by palisade_policy costs {v:.1} us (wall, this process)",
+            b * (TARGET - 1.0)
+        );
+        json.set("es256_verify_us", crate::report::round(v, 1));
+    }
+    json.set("handshakes", n);
+    json.set("slices", slices);
+    json.set("concurrency", concurrency);
+    json.set("failed", failed);
+    json.set("command", crate::command_line());
+    println!("{json}");
+    if let Some(p) = first_problem {
+        bail!("{failed} handshakes were refused or failed (first: {p})");
+    }
+    Ok(())
+}
+
+/// What [`measure`] gives: the per-round table, `tallies[round][server]`, and the first
+/// refusal or failure seen.
+pub struct Measured {
+    pub table: Table,
+    pub tallies: Vec<Vec<Tally>>,
+    pub first_problem: Option<String>,
+}
+
+/// Warms every server up with `warmup` handshakes, then runs `rounds` rounds of `n`
+/// handshakes per server in `slices` interleaved passes, reading each server's CPU time
+/// around each pass.
+pub async fn measure(
+    setup: &Setup,
+    servers: &[Server],
+    warmup: usize,
+    n: usize,
+    slices: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> anyhow::Result<Measured> {
+    for s in servers {
         let o = handshake_burst(&setup.client, s.addr, warmup, concurrency).await;
         if o.unsuccessful() > 0 {
             bail!("{} warm-up: {}", s.name, o.describe());
         }
     }
-
     let mut table =
         Table::new(&["round", "server", "accepted", "refused", "failed", "wall s", "handshakes/s", "server CPU s", "us/handshake"]);
     let mut tallies: Vec<Vec<Tally>> = Vec::new();
@@ -87,34 +139,5 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
         }
         tallies.push(round);
     }
-    for s in servers {
-        s.stop();
-    }
-    table.print();
-
-    let names: Vec<String> = kinds.iter().map(|k| k.name()).collect();
-    let failed: usize = tallies.iter().flatten().map(|t| t.refused + t.failed).sum();
-    let mut json = summarize("handshake", "handshake", 1, &names, &tallies, TARGET);
-    if let Some(c) = json.get_f64("palisade_us") {
-        println!("  palisade: {:.0} accepted handshakes per server CPU second", 1e6 / c);
-    }
-    println!("  refused or failed handshakes: {failed}");
-    // Context: how the budget of the bar compares with the one check that must cost.
-    if let (Some(b), Ok(v)) = (json.get_f64("baseline_us"), crate::fixture::es256_verify_us(&setup.fixture)) {
-        println!(
-            "  context: the {TARGET}x budget allows {:.1} us/handshake over the baseline; one ES256 verification by palisade_policy costs {v:.1} us (wall, this process)",
-            b * (TARGET - 1.0)
-        );
-        json.set("es256_verify_us", crate::report::round(v, 1));
-    }
-    json.set("handshakes", n);
-    json.set("slices", slices);
-    json.set("concurrency", concurrency);
-    json.set("failed", failed);
-    json.set("command", crate::command_line());
-    println!("{json}");
-    if let Some(p) = first_problem {
-        bail!("{failed} handshakes were refused or failed (first: {p})");
-    }
-    Ok(())
+    Ok(Measured { table, tallies, first_problem })
 }
