@@ -114,7 +114,12 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<()> {
         {
             let c = cap::measure(&mut ctl, &fixture, &stack, node, a.cap_handshakes, a.cap_rounds).await?;
             let mut t = Table::new(&["fleet cap, one node", "cap on", "cap off", "ratio"]);
-            t.row(vec!["node CPU us / handshake".into(), format!("{:.0}", c.on_us), format!("{:.0}", c.off_us), format!("{:.2}", c.on_us / c.off_us)]);
+            t.row(vec![
+                "node CPU us / handshake".into(),
+                format!("{:.0}", c.on_us),
+                format!("{:.0}", c.off_us),
+                format!("{:.2}", c.on_us / c.off_us),
+            ]);
             t.row(vec![
                 "wall us / handshake (16 in flight)".into(),
                 format!("{:.0}", c.on_wall_us),
@@ -175,7 +180,8 @@ async fn time_pushes(ctl: &mut stack::Operator, fixture: &Fixture, n: usize, fai
     for i in 0..n {
         let mut doc = fixture.policy_doc.clone();
         doc.origins.allow.push(format!("https://push-{i}-{}.bench.example", rand::random::<u32>()));
-        let req = pb::ApplyPolicyRequest { policy: Some(palisade_policy::wire::versioned(0, &doc)), dry_run: false, expected_version: None };
+        let req =
+            pb::ApplyPolicyRequest { policy: Some(palisade_policy::wire::versioned(0, &doc)), dry_run: false, expected_version: None };
         let t0 = Instant::now();
         let r = ctl.apply_policy(req).await.context("ApplyPolicy")?.into_inner();
         let ms = t0.elapsed().as_secs_f64() * 1e3;

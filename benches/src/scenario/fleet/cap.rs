@@ -91,7 +91,10 @@ async fn etcd_counters(addr: SocketAddr) -> anyhow::Result<(f64, f64)> {
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     let value = |name: &str| -> f64 {
-        body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     let proposals = value("etcd_server_proposals_committed_total");
     let writes = value("etcd_mvcc_put_total") + value("etcd_mvcc_delete_total");
@@ -100,4 +103,3 @@ async fn etcd_counters(addr: SocketAddr) -> anyhow::Result<(f64, f64)> {
     }
     Ok((proposals, writes))
 }
-
