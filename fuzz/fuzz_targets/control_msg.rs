@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let Some(msg) = parse(data) else { return };
     assert!(data.len() <= MAX_CONTROL_BYTES);
-    let v: serde_json::Value = serde_json::from_slice(data).expect("a control message is JSON");
+    // serde_json skips the values of other members without reading them whole: a number
+    // beyond f64 there (`1e555`, valid JSON) is skipped, but no `Value` holds it.
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     let obj = v.as_object().expect("a control message is an object");
     let ty = obj.get("type").and_then(|t| t.as_str());
     match msg {
