@@ -284,7 +284,9 @@ impl Verifier {
             use base64::Engine as _;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims_b64).map_err(|_| TokenError::Invalid("malformed"))?
         };
-        let Object::<RawClaims>(c) = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid("malformed_claims"))?;
+        // UTF-8 throughout (RFC 7519 section 7.2): serde_json skips other members unchecked.
+        let json = std::str::from_utf8(&json).map_err(|_| TokenError::Invalid("malformed_claims"))?;
+        let Object::<RawClaims>(c) = serde_json::from_str(json).map_err(|_| TokenError::Invalid("malformed_claims"))?;
         let exp = c.exp.as_ref().ok_or(TokenError::Invalid("missing_exp"))?;
         let exp = numeric_date(exp).ok_or(TokenError::Invalid("malformed_exp"))?;
         let sub = c.sub.filter(|s| !s.is_empty()).ok_or(TokenError::Invalid("missing_sub"))?;
@@ -354,7 +356,8 @@ fn parse_header(segment: &str) -> Result<Header, TokenError> {
     use base64::Engine as _;
     let bad = |_| TokenError::Invalid("malformed_header");
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Invalid("malformed_header"))?;
-    let Object::<RawHeader>(h) = serde_json::from_slice(&json).map_err(bad)?;
+    let json = std::str::from_utf8(&json).map_err(|_| TokenError::Invalid("malformed_header"))?;
+    let Object::<RawHeader>(h) = serde_json::from_str(json).map_err(bad)?;
     let alg = parse_alg(&h.alg).ok_or(TokenError::Invalid("malformed_header"))?;
     Ok(Header { alg, kid: h.kid, crit: h.crit })
 }

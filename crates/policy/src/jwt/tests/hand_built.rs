@@ -52,6 +52,30 @@ fn a_header_or_claims_that_are_not_a_json_object_are_refused() {
 }
 
 #[test]
+fn a_header_or_claims_that_are_not_utf8_are_refused() {
+    // Regression (fuzz target jwt_claims): serde_json skips the members nobody reads
+    // without checking their UTF-8, so a 0xff byte in an unread claim verified.
+    use base64::Engine as _;
+    let v = hs_verifier(|_| {});
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let tok = |h: &[u8], c: &[u8]| {
+        let input = format!("{}.{}", e.encode(h), e.encode(c));
+        let key = jsonwebtoken::EncodingKey::from_secret(&HS_SECRET);
+        format!("{input}.{}", jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).expect("sign"))
+    };
+    let h = br#"{"alg":"HS256","kid":"h"}"#;
+    let good = format!(r#"{{"sub":"alice","exp":{},"scope":"ws:admin"}}"#, NOW + 60).into_bytes();
+    let mut bad = format!(r#"{{"sub":"alice","exp":{},"scope":"ws:"#, NOW + 60).into_bytes();
+    bad.extend_from_slice(b"\xff\"}");
+    assert_eq!(v.verify(&tok(h, &bad), NOW), Err(TokenError::Invalid("malformed_claims")));
+    assert_eq!(
+        v.verify(&tok(b"{\"alg\":\"HS256\",\"kid\":\"h\",\"x\":\"\xff\"}", &good), NOW),
+        Err(TokenError::Invalid("malformed_header"))
+    );
+    assert_eq!(v.verify(&tok(h, &good), NOW).map(|c| c.sub), Ok("alice".into()));
+}
+
+#[test]
 fn numeric_dates_at_the_edge_of_the_range_are_clamped_or_refused() {
     let v = hs_verifier(|p| p.auth.leeway_seconds = 30);
     let tok = |claims: String| raw_hs(r#"{"alg":"HS256","kid":"h"}"#, &claims);
