@@ -43,6 +43,10 @@ enum Cmd {
     Fleet(scenario::fleet::FleetArgs),
     /// CPU of one ES256 verification: palisade's verifier against jsonwebtoken alone.
     Verify(scenario::verify::VerifyArgs),
+    /// Envoy, HAProxy and nginx + njs side by side with palisade, each bridging the same
+    /// authenticated WSS upgrade to the same upstream: CPU per handshake and message, RSS
+    /// per idle connection, latency.
+    Peers(scenario::peers::PeersArgs),
     /// Many real nodes in one process (spawned by `fleet`).
     FleetSim(scenario::fleet::sim::SimArgs),
     /// Minutes of churn and refusals against a node, then a cool-down: RSS, descriptors,
@@ -153,6 +157,7 @@ fn main() -> std::process::ExitCode {
         Cmd::NodeReference(a) => with_runtime(|| scenario::reference::run(a)),
         Cmd::MemoryOffloaded(a) => with_runtime(|| scenario::offload::run(a)),
         Cmd::Bridge(a) => with_runtime(|| scenario::bridge::run(a)),
+        Cmd::Peers(a) => with_runtime(|| scenario::peers::run(a)),
         Cmd::Soak(a) => with_runtime(|| scenario::soak::run(a)),
         Cmd::Fleet(a) => with_runtime(|| scenario::fleet::run(a)),
         Cmd::Verify(a) => scenario::verify::run(a),

@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod memory;
 pub mod nodes;
 pub mod offload;
+pub mod peers;
 pub mod reference;
 pub mod soak;
 pub mod verify;
