@@ -168,7 +168,7 @@ pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A server frame at the start of `b`: (opcode, header length, payload length), when whole.
-fn parse_frame(b: &[u8]) -> Option<(u8, usize, usize)> {
+pub fn parse_frame(b: &[u8]) -> Option<(u8, usize, usize)> {
     let (&b0, &b1) = (b.first()?, b.get(1)?);
     let (mut header, mut len) = (2usize, (b1 & 0x7f) as usize);
     if len == 126 {

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 
@@ -124,19 +123,9 @@ fn log_warnings(log: &Path) -> usize {
 
 /// `target/soak/<UTC yyyymmdd-hhmmss>` of this workspace.
 pub fn default_out() -> PathBuf {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let stamp = format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    // RFC 3339 (2026-12-02T01:51:21Z) to 20261202-015121.
+    let t = palisade_plane::cert::format_time(palisade_plane::cert::unix_now());
+    let stamp = format!("{}-{}", t.get(..10).unwrap_or_default().replace('-', ""), t.get(11..19).unwrap_or_default().replace(':', ""));
     let benches = Path::new(env!("CARGO_MANIFEST_DIR"));
     benches.parent().unwrap_or(benches).join("target/soak").join(stamp)
 }

@@ -206,24 +206,6 @@ pub struct SoakWs {
     rd: BytesMut,
 }
 
-/// A server frame at the start of `b`: (opcode, header length, payload length), when whole.
-fn parse_frame(b: &[u8]) -> Option<(u8, usize, usize)> {
-    let (&b0, &b1) = (b.first()?, b.get(1)?);
-    let (mut header, mut len) = (2usize, (b1 & 0x7f) as usize);
-    if len == 126 {
-        len = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]) as usize;
-        header = 4;
-    } else if len == 127 {
-        let raw: [u8; 8] = b.get(2..10)?.try_into().ok()?;
-        len = usize::try_from(u64::from_be_bytes(raw)).ok()?;
-        header = 10;
-    }
-    if b1 & 0x80 != 0 {
-        header += 4;
-    }
-    (b.len() >= header.checked_add(len)?).then_some((b0 & 0x0f, header, len))
-}
-
 impl SoakWs {
     /// Sends `frame` (a masked text frame of `payload`) and waits for its echo, answering
     /// pings meanwhile; the echo must equal `payload`.
@@ -232,7 +214,7 @@ impl SoakWs {
         self.stream.flush().await.map_err(|e| format!("flush: {e}"))?;
         loop {
             let (opcode, header, len) = loop {
-                if let Some(f) = parse_frame(&self.rd) {
+                if let Some(f) = crate::client::parse_frame(&self.rd) {
                     break f;
                 }
                 match tokio::time::timeout(IO_TIMEOUT, self.stream.read_buf(&mut self.rd)).await {
