@@ -9,11 +9,10 @@
 //! connection of ours) reads with fastwebsockets and shares the assembler.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::close;
 
@@ -66,6 +65,13 @@ pub enum FrameError {
 /// Parses a client frame header from the start of `buf`; `Ok(None)` until enough bytes
 /// are there. `max_payload` bounds data frames (control frames are bounded by 125).
 pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
+    parse_header_from(buf, max_payload, true)
+}
+
+/// [`parse_header`] for frames from a client (`masked`: RFC 6455 section 5.1, the server
+/// MUST close the connection on an unmasked frame) or from a server (the upstream: its
+/// frames MUST NOT be masked).
+pub fn parse_header_from(buf: &[u8], max_payload: usize, masked: bool) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
     if b0 & 0x70 != 0 {
         return Err(FrameError::Protocol("reserved bits set"));
@@ -75,9 +81,10 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fr
     if !matches!(opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
         return Err(FrameError::Protocol("unknown opcode"));
     }
-    // RFC 6455 section 5.1: the server MUST close the connection on an unmasked frame.
-    if b1 & 0x80 == 0 {
-        return Err(FrameError::Protocol("unmasked client frame"));
+    match (masked, b1 & 0x80 != 0) {
+        (true, false) => return Err(FrameError::Protocol("unmasked client frame")),
+        (false, true) => return Err(FrameError::Protocol("masked server frame")),
+        _ => {}
     }
     let control = opcode >= OP_CLOSE;
     let (len, off) = match b1 & 0x7F {
@@ -107,6 +114,9 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fr
     }
     if !control && len > max_payload as u64 {
         return Err(FrameError::TooBig);
+    }
+    if !masked {
+        return Ok(Some(Header { fin, opcode, mask: [0; 4], len: len as usize, header_len: off }));
     }
     let Some(m) = buf.get(off..off + 4) else { return Ok(None) };
     Ok(Some(Header { fin, opcode, mask: [m[0], m[1], m[2], m[3]], len: len as usize, header_len: off + 4 }))
@@ -156,72 +166,67 @@ pub fn parse_close(p: &[u8]) -> Result<(u16, String), Inbound> {
     }
 }
 
-/// Reads client frames from `rd`. Between frames it holds no buffer: a poll with an
-/// empty buffer reads into a stack buffer first.
-pub struct FrameReader<R> {
-    rd: R,
+/// Decodes frames from a byte stream it does not own (the session reads and writes its
+/// sockets from one task). Between frames it holds no buffer: a read with an empty buffer
+/// goes to a stack buffer first.
+pub struct Decoder {
     buf: BytesMut,
+    /// Client frames (masked) or server frames (the upstream's, unmasked).
+    masked: bool,
+    /// Bytes the frame being read needs in all, once its header is known.
+    need: usize,
 }
 
 const STACK_READ: usize = 2048;
+/// Bytes read into the buffer at most at once.
+const MAX_READ: usize = 64 * 1024;
 
 /// Bytes of client frames read and dropped after the node failed the connection.
 pub const DISCARD_BUDGET: usize = 64 * 1024;
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub fn new(rd: R) -> Self {
-        FrameReader { rd, buf: BytesMut::new() }
+impl Decoder {
+    /// For frames from a client.
+    pub fn client() -> Self {
+        Decoder { buf: BytesMut::new(), masked: true, need: 2 }
     }
 
-    /// Reads more bytes; `Ok(false)` at EOF.
-    async fn fill(&mut self, want: usize) -> std::io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() > 0 || want > STACK_READ {
-            self.buf.reserve(want.saturating_sub(self.buf.len()).max(64));
-            return Ok(self.rd.read_buf(&mut self.buf).await? > 0);
-        }
-        std::future::poll_fn(|cx| {
-            let mut tmp = [0u8; STACK_READ];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut self.rd).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    self.buf.extend_from_slice(rb.filled());
-                    Poll::Ready(Ok(!rb.filled().is_empty()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+    /// For frames from a server (the upstream).
+    pub fn server() -> Self {
+        Decoder { buf: BytesMut::new(), masked: false, need: 2 }
     }
 
-    /// The next frame. `Ok(None)` at a clean EOF between frames. `max_payload` is asked
-    /// when the header is there, so a limit changed while the reader waited applies.
-    pub async fn next(&mut self, max_payload: impl Fn() -> usize) -> Result<Option<Frame>, ReadError> {
-        let h = loop {
-            if let Some(h) = parse_header(&self.buf, max_payload()).map_err(ReadError::Frame)? {
-                break h;
-            }
-            if !self.fill(2).await.map_err(|_| ReadError::Io)? {
-                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Io) };
-            }
+    /// Bytes held by the read buffer.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// A complete frame from what was read already, without reading.
+    pub fn try_frame(&mut self, max_payload: usize) -> Result<Option<Frame>, FrameError> {
+        let Some(h) = parse_header_from(&self.buf, max_payload, self.masked)? else {
+            self.need = 2;
+            return Ok(None);
         };
         let total = h.header_len + h.len;
-        while self.buf.len() < total {
-            if !self.fill(total).await.map_err(|_| ReadError::Io)? {
-                return Err(ReadError::Io);
-            }
+        if self.buf.len() < total {
+            self.need = total;
+            return Ok(None);
         }
+        self.need = 2;
         // A payload that owns its buffer is handed on as is; one that shares a read with
         // other frames (or sits in a much larger buffer) is copied, so that a queued
         // message never keeps more memory alive than the bytes it is accounted for.
         let payload = if total == self.buf.len() && self.buf.capacity() <= 2 * total + 64 {
             let mut frame = self.buf.split_to(total);
             frame.advance(h.header_len);
-            unmask(&mut frame, h.mask);
+            if self.masked {
+                unmask(&mut frame, h.mask);
+            }
             frame.freeze()
         } else {
             let mut own = BytesMut::from(&self.buf[h.header_len..total]);
-            unmask(&mut own, h.mask);
+            if self.masked {
+                unmask(&mut own, h.mask);
+            }
             self.buf.advance(total);
             own.freeze()
         };
@@ -231,22 +236,64 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         Ok(Some(Frame { fin: h.fin, opcode: h.opcode, payload }))
     }
+
+    /// Reads more bytes from `rd` (once); `Ok(false)` at EOF.
+    pub fn poll_fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let want = self.need;
+        if self.buf.capacity() - self.buf.len() > 0 || want > STACK_READ {
+            self.buf.reserve(want.saturating_sub(self.buf.len()).max(64));
+            // Read into the spare room, zeroed first (at most one read's worth).
+            let before = self.buf.len();
+            let room = (self.buf.capacity() - before).min(MAX_READ);
+            self.buf.resize(before + room, 0);
+            let mut rb = ReadBuf::new(&mut self.buf[before..]);
+            let polled = Pin::new(rd).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            self.buf.truncate(before + n);
+            ready!(polled)?;
+            return Poll::Ready(Ok(n > 0));
+        }
+        let mut tmp = [0u8; STACK_READ];
+        let mut rb = ReadBuf::new(&mut tmp);
+        ready!(Pin::new(rd).poll_read(cx, &mut rb))?;
+        self.buf.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(!rb.filled().is_empty()))
+    }
+
+    /// The next frame read from `rd`. `Ok(None)` at a clean EOF between frames.
+    /// `max_payload` is asked when the header is there, so a limit changed while the
+    /// reader waited applies.
+    pub fn poll_frame<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        cx: &mut Context<'_>,
+        max_payload: &impl Fn() -> usize,
+    ) -> Poll<Result<Option<Frame>, ReadError>> {
+        loop {
+            if let Some(f) = self.try_frame(max_payload()).map_err(ReadError::Frame)? {
+                return Poll::Ready(Ok(Some(f)));
+            }
+            if !ready!(self.poll_fill(rd, cx)).map_err(|_| ReadError::Io)? {
+                return Poll::Ready(if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Io) });
+            }
+        }
+    }
+}
+
+/// A [`Decoder`] of client frames that owns its stream (tests and the fuzz targets).
+pub struct FrameReader<R> {
+    rd: R,
+    pub(super) dec: Decoder,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// After the node failed the connection: reads and drops what the client still sends
-    /// until its close frame (the reply to the node's), so that unread input does not
-    /// make the kernel answer the node's close frame with a reset. Stops at anything it
-    /// cannot read, and after [`DISCARD_BUDGET`] bytes (a client still flooding is not
-    /// served for free); bounded in time by the session's close linger.
-    pub async fn discard_until_close(&mut self, max_payload: usize) {
-        let mut budget = DISCARD_BUDGET;
-        while let Ok(Some(f)) = self.next(|| max_payload.min(budget)).await {
-            if f.opcode == OP_CLOSE || f.payload.len() + 2 > budget {
-                return;
-            }
-            budget -= f.payload.len() + 2;
-        }
+    pub fn new(rd: R) -> Self {
+        FrameReader { rd, dec: Decoder::client() }
+    }
+
+    /// The next frame. `Ok(None)` at a clean EOF between frames.
+    pub async fn next(&mut self, max_payload: impl Fn() -> usize) -> Result<Option<Frame>, ReadError> {
+        std::future::poll_fn(|cx| self.dec.poll_frame(&mut self.rd, cx, &max_payload)).await
     }
 }
 
@@ -326,18 +373,6 @@ impl Assembler {
             // fragmented one.
             _ => Err(Inbound::Invalid),
         }
-    }
-}
-
-/// Activity of the client (any frame), in milliseconds since the session's epoch.
-pub struct Activity {
-    pub last_seen_ms: Arc<std::sync::atomic::AtomicU64>,
-    pub epoch: std::time::Instant,
-}
-
-impl Activity {
-    pub fn touch(&self) {
-        self.last_seen_ms.store(self.epoch.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

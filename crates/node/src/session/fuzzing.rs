@@ -1,17 +1,19 @@
-//! The session's client reader driven from bytes, for the `fuzz/` targets (not an API):
+//! The session's client side driven from bytes, for the `fuzz/` targets (not an API):
 //! the same decoder, reassembly, Ping answers and close handling as a live session, with
 //! no socket and no session loop.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::task::{Context, Poll};
 
 use palisade_policy::CompiledPolicy;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use super::frames::{Assembler, FrameError, Header, Inbound, parse_close, parse_header, unmask};
 
-use super::frames::{Activity, FrameReader};
+use super::close;
+use super::frames::{OP_CLOSE, OP_PONG, parse_header_from};
+use super::io::{Io, IoEvent};
 use super::limits::Limits;
 use super::outbox::{Out, Outbox};
 use crate::registry::ConnCounters;
@@ -26,30 +28,59 @@ pub enum Queued {
     Other,
 }
 
-/// Runs the client reader of a session under `policy` over `rd` until it returns (a
-/// terminal event, or EOF); returns the events it sent to the session loop, in order,
-/// and what it queued for the client.
+/// A client that sends `R` and never reads: everything queued for it stays queued.
+struct NeverReads<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for NeverReads<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for NeverReads<R> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+/// Runs the client side of a session under `policy` over `rd` until a terminal event or
+/// EOF; returns the events it reported to the session loop, in order, and what it queued
+/// for the client.
 pub async fn client_reader<R: AsyncRead + Unpin>(state: Arc<NodeState>, policy: &CompiledPolicy, rd: R) -> (Vec<Inbound>, Vec<Queued>) {
     let limits = Arc::new(Limits::new(policy));
-    let (outbox, out_rx) = Outbox::new(state, Arc::new(ConnCounters::default()), limits.clone(), "fuzz");
-    let activity = Arc::new(Activity { last_seen_ms: Arc::new(AtomicU64::new(0)), epoch: Instant::now() });
-    let (tx, rx) = flume::bounded(8);
-    let reader = super::client_reader(FrameReader::new(rd), tx, outbox, activity, limits, policy.limits.messages.rate);
-    let events = async {
-        let mut v = Vec::new();
-        while let Ok(ev) = rx.recv_async().await {
-            v.push(ev);
+    let outbox = Outbox::new(state, Arc::new(ConnCounters::default()), limits.clone(), "fuzz");
+    let mut io: Io<NeverReads<R>, tokio::io::DuplexStream> = Io::new(NeverReads(rd), outbox, limits, policy.limits.messages.rate.burst, None);
+    let mut events = Vec::new();
+    while let IoEvent::Client(ev) = std::future::poll_fn(|cx| io.poll_event(cx)).await {
+        let last = !matches!(ev, Inbound::Message { .. });
+        events.push(ev);
+        if last {
+            break;
         }
-        v
-    };
-    let ((), events) = tokio::join!(reader, events);
-    let queued = out_rx
-        .drain()
-        .map(|o| match o {
-            Out::Pong(p) => Queued::Pong(p.to_vec()),
-            Out::Close { code, reason } => Queued::Close(code, reason),
-            Out::Data { .. } | Out::Ping => Queued::Other,
-        })
-        .collect();
+    }
+    // What was encoded (the client never reads it), then what waits to be.
+    let mut queued = Vec::new();
+    let mut wire = io.outbox.wire.unwritten();
+    while let Ok(Some(h)) = parse_header_from(wire, usize::MAX, false) {
+        let payload = &wire[h.header_len..h.header_len + h.len];
+        queued.push(match (h.opcode, payload) {
+            (OP_PONG, p) => Queued::Pong(p.to_vec()),
+            (OP_CLOSE, []) => Queued::Close(close::NO_STATUS, String::new()),
+            (OP_CLOSE, [a, b, reason @ ..]) => Queued::Close(u16::from_be_bytes([*a, *b]), String::from_utf8_lossy(reason).into_owned()),
+            _ => Queued::Other,
+        });
+        wire = &wire[h.header_len + h.len..];
+    }
+    queued.extend(io.outbox.wire.queued().map(|o| match o {
+        Out::Pong(p) => Queued::Pong(p.to_vec()),
+        Out::Close { code, reason } => Queued::Close(*code, reason.clone()),
+        Out::Data { .. } | Out::Ping => Queued::Other,
+    }));
     (events, queued)
 }

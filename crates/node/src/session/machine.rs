@@ -1,29 +1,29 @@
 //! The session loop: one `select!` over client events, upstream events, operator
 //! commands, the heartbeat, the idle check, token expiry and refresh, policy changes and
-//! drain. Nothing in it waits on anything slow: a full upstream queue stops reading from
-//! the client (backpressure) while commands and policy changes are still served, and a
-//! refresh's signature check (which may fetch JWKS keys) runs in a task of its own.
+//! drain, and the session's sockets ([`Io`]). Nothing in it waits on anything slow: a
+//! full upstream queue stops reading from the client (backpressure) while commands and
+//! policy changes are still served, and a refresh's signature check (which may fetch JWKS
+//! keys) runs in a task of its own.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use palisade_policy::control_msg;
 use palisade_policy::{Claims, CompiledPolicy, TokenError};
 
-use super::frames::{Activity, Inbound};
-use super::outbox::{Out, Outbox, SlowConsumer};
+use super::frames::Inbound;
+use super::io::{Io, IoEvent};
+use super::outbox::{Out, SlowConsumer};
 use super::{Limits, close};
 use crate::handshake::{Accepted, unix_now};
+use crate::http::ClientStream;
 use crate::registry::Command;
 use crate::state::NodeState;
+use crate::upstream::PrefixedUpstream;
 
 /// Repeated schema violations before the session is closed with 1008.
 pub(super) const SCHEMA_VIOLATIONS_BEFORE_CLOSE: u32 = 3;
-/// How long a message to the upstream may wait for room before the session fails (1011).
-pub(super) const UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timers further away than this are treated as "never" (a token `exp` far in the future
 /// must not overflow the clock).
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -32,9 +32,8 @@ pub(super) struct Session {
     pub(super) state: Arc<NodeState>,
     pub(super) policy: Arc<CompiledPolicy>,
     pub(super) acc: Accepted,
-    pub(super) outbox: Outbox,
+    pub(super) io: Io<ClientStream, PrefixedUpstream>,
     pub(super) limits: Arc<Limits>,
-    pub(super) activity: Arc<Activity>,
     pub(super) tokens: f64,
     pub(super) last_refill: Instant,
     pub(super) schema_violations: u32,
@@ -42,7 +41,6 @@ pub(super) struct Session {
     /// When the client last authenticated (the handshake, then each refresh), unix
     /// seconds: with `auth.refresh.interval_seconds` it bounds the session's expiry.
     pub(super) authenticated_at: u64,
-    pub(super) up_tx: Option<flume::Sender<Out>>,
     pub(super) conn_id: String,
 }
 
@@ -55,23 +53,13 @@ fn close_with(code: u16, reason: &str) -> Flow {
     Flow::Close(code, reason.to_owned())
 }
 
-type UpSend = Pin<Box<flume::r#async::SendFut<'static, Out>>>;
+/// An in-band refresh being verified.
 type Refresh = tokio::task::JoinHandle<Result<Claims, TokenError>>;
 
 /// Work the loop waits on besides its channels.
 #[derive(Default)]
 struct Pending {
-    /// A client message waiting for room in the upstream queue (no client reads meanwhile).
-    up: Option<(UpSend, tokio::time::Instant)>,
-    /// An in-band refresh being verified.
     refresh: Option<Refresh>,
-}
-
-async fn recv_upstream(rx: &mut Option<flume::Receiver<Inbound>>) -> Option<Inbound> {
-    match rx {
-        Some(rx) => rx.recv_async().await.ok(),
-        None => std::future::pending().await,
-    }
 }
 
 impl Session {
@@ -82,12 +70,7 @@ impl Session {
         base.checked_add(ahead).unwrap_or(base)
     }
 
-    pub(super) async fn run_loop(
-        &mut self,
-        in_rx: flume::Receiver<Inbound>,
-        ctl_rx: flume::Receiver<Command>,
-        mut up_rx: Option<flume::Receiver<Inbound>>,
-    ) -> u16 {
+    pub(super) async fn run_loop(&mut self, ctl_rx: flume::Receiver<Command>) -> u16 {
         let mut policy_rx = self.state.policy.subscribe();
         let mut drain_rx = self.state.drain_tx.subscribe();
         let mut ping = tokio::time::interval(self.policy.limits.ping_interval);
@@ -145,44 +128,34 @@ impl Session {
                             Err(_) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
                         }
                     }
-                    sent = async { match &mut pending.up { Some((f, at)) => tokio::time::timeout_at(*at, f).await, None => std::future::pending().await } } => {
-                        pending.up = None;
-                        match sent {
-                            Ok(Ok(())) => Flow::Continue,
-                            // The upstream is gone, or had no room for UPSTREAM_SEND_TIMEOUT.
-                            _ => close_with(close::INTERNAL, "upstream failure"),
-                        }
-                    }
-                    ev = in_rx.recv_async(), if pending.up.is_none() => match ev.ok() {
-                        Some(Inbound::Message { binary, data }) => self.on_message(binary, data, &mut pending),
-                        Some(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
-                        Some(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
-                        Some(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
-                        Some(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
-                        Some(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
-                        // The reader already answered the client's close; pass it upstream.
-                        Some(Inbound::Close(code, reason)) => {
-                            self.close_upstream(code, reason).await;
+                    ev = std::future::poll_fn(|cx| self.io.poll_event(cx)) => match ev {
+                        IoEvent::Client(Inbound::Message { binary, data }) => self.on_message(binary, data, &mut pending),
+                        IoEvent::Client(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
+                        IoEvent::Client(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
+                        IoEvent::Client(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
+                        IoEvent::Client(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
+                        IoEvent::Client(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
+                        // The close was answered already; pass it upstream.
+                        IoEvent::Client(Inbound::Close(code, reason)) => {
+                            self.close_upstream(code, reason);
                             return code;
                         }
-                        None => {
-                            self.close_upstream(close::GOING_AWAY, "client gone".into()).await;
+                        IoEvent::ClientGone => {
+                            self.close_upstream(close::GOING_AWAY, "client gone".into());
                             return close::NORMAL;
                         }
-                    },
-                    ev = recv_upstream(&mut up_rx) => match ev {
-                        Some(Inbound::Message { binary, data }) => self.push(binary, data),
+                        IoEvent::Upstream(Inbound::Message { binary, data }) => self.push(binary, data),
                         // An upstream close goes to the client with its code.
-                        Some(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
-                        Some(_) | None => close_with(close::INTERNAL, "upstream failure"),
+                        IoEvent::Upstream(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
+                        IoEvent::Upstream(_) | IoEvent::UpstreamFailed => close_with(close::INTERNAL, "upstream failure"),
                     },
                     _ = ping.tick() => {
-                        self.outbox.ping();
+                        self.io.outbox.ping();
                         Flow::Continue
                     }
                     _ = &mut idle_check => {
                         let idle = self.policy.limits.idle_timeout;
-                        let seen = self.activity.epoch + Duration::from_millis(self.activity.last_seen_ms.load(Ordering::Relaxed));
+                        let seen = self.io.last_seen;
                         if seen.elapsed() >= idle {
                             close_with(close::IDLE, "idle timeout")
                         } else {
@@ -221,27 +194,27 @@ impl Session {
         }
         match flow {
             Flow::Close(code, reason) => {
-                self.outbox.close(code, &reason);
+                self.io.outbox.close(code, &reason);
                 let up_code = if (4000..5000).contains(&code) || code == close::GOING_AWAY { code } else { close::GOING_AWAY };
-                self.close_upstream(up_code, reason).await;
+                self.close_upstream(up_code, reason);
                 code
             }
             Flow::Continue => close::NORMAL,
         }
     }
 
-    fn push(&self, binary: bool, data: Bytes) -> Flow {
-        match self.outbox.data(binary, data) {
+    fn push(&mut self, binary: bool, data: Bytes) -> Flow {
+        match self.io.outbox.data(binary, data) {
             Ok(()) => Flow::Continue,
             Err(SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
         }
     }
 
-    async fn close_upstream(&mut self, code: u16, reason: String) {
-        if let Some(tx) = self.up_tx.take() {
-            let code = if code == close::NO_STATUS || code == 1006 { close::NORMAL } else { code };
-            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send_async(Out::Close { code, reason })).await;
-        }
+    /// Queues the session's close for the upstream (written at the end, within the
+    /// close linger).
+    fn close_upstream(&mut self, code: u16, reason: String) {
+        let code = if code == close::NO_STATUS || code == 1006 { close::NORMAL } else { code };
+        self.io.to_upstream(Out::Close { code, reason });
     }
 
     /// The session's expiry: the token's `exp`, or earlier when the policy requires a

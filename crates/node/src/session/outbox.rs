@@ -1,19 +1,27 @@
-//! Everything queued for a client, and the writers. Every frame queued for the client
-//! counts toward `max_buffered_bytes` by its wire size, control frames (Pong, Close)
-//! included, so a client that never reads cannot grow the node's memory: over the limit
-//! it is closed with 4013. The queue itself is unbounded only in count; its bytes are
-//! bounded by that accounting.
+//! Everything queued for a client or an upstream, and how it is written. Every frame
+//! queued for the client counts toward `max_buffered_bytes` by its wire size, control
+//! frames (Pong, Close) included, so a client that never reads cannot grow the node's
+//! memory: over the limit it is closed with 4013. The queue itself is unbounded only in
+//! count; its bytes are bounded by that accounting. The upstream's queue is bounded in
+//! count: while it is full the session reads nothing more from the client.
+//!
+//! Both are drained by the session's own task ([`Wire::poll_drain`]): frames are encoded
+//! in batches into one buffer, written and flushed, and the buffer is given back once
+//! written, so an idle session holds no write buffer.
 
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use super::Limits;
 use super::close;
-use super::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
+use super::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, unmask};
 use crate::registry::{Command, ConnCounters};
 use crate::state::NodeState;
 
@@ -52,15 +60,147 @@ fn frame_header_len(payload: usize) -> usize {
     }
 }
 
+/// Frames waiting to be written to one peer, and the batch being written.
+pub(super) struct Wire {
+    queue: VecDeque<Out>,
+    buf: Vec<u8>,
+    written: usize,
+    /// The accounted cost of the frames in `buf`, released once they are written.
+    in_flight: u64,
+    needs_flush: bool,
+    /// Frames from a client role are masked (the upstream side).
+    masked: bool,
+    /// A close frame was encoded: nothing after it is written.
+    closed: bool,
+    /// The close frame was written and flushed, or the socket failed: nothing more will
+    /// be written.
+    pub(super) done: bool,
+}
+
+impl Wire {
+    pub(super) fn new(masked: bool) -> Wire {
+        Wire { queue: VecDeque::new(), buf: Vec::new(), written: 0, in_flight: 0, needs_flush: false, masked, closed: false, done: false }
+    }
+
+    /// What is queued and not yet encoded.
+    pub(super) fn queued(&self) -> impl Iterator<Item = &Out> {
+        self.queue.iter()
+    }
+
+    /// Frames encoded and not yet written.
+    pub(super) fn unwritten(&self) -> &[u8] {
+        &self.buf[self.written..]
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether a frame is queued or being written.
+    pub(super) fn busy(&self) -> bool {
+        !self.done && (!self.queue.is_empty() || self.written < self.buf.len() || self.needs_flush)
+    }
+
+    pub(super) fn push(&mut self, o: Out) -> Result<(), Out> {
+        if self.done || self.closed {
+            return Err(o);
+        }
+        self.queue.push_back(o);
+        Ok(())
+    }
+
+    /// Writes what is queued to `w`: `Ready(Ok)` once all of it is written and flushed.
+    /// `release` is given the accounted cost of frames once they are written or dropped;
+    /// `skip` says which frames are dropped unwritten.
+    pub(super) fn poll_drain<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+        mut release: impl FnMut(u64),
+        skip: impl Fn(&Out) -> bool,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.written == self.buf.len() {
+                self.buf.clear();
+                self.written = 0;
+                if self.in_flight > 0 {
+                    release(std::mem::take(&mut self.in_flight));
+                }
+                while !self.closed
+                    && self.buf.len() < BATCH_BYTES
+                    && let Some(item) = self.queue.pop_front()
+                {
+                    if skip(&item) {
+                        release(item.cost());
+                    } else {
+                        self.closed = encode_out(&mut self.buf, &item, self.masked);
+                        self.in_flight += item.cost();
+                    }
+                }
+                if self.buf.is_empty() {
+                    break;
+                }
+            }
+            while self.written < self.buf.len() {
+                let n = match Pin::new(&mut *w).poll_write(cx, &self.buf[self.written..]) {
+                    Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Poll::Pending,
+                };
+                match n {
+                    Ok(n) => {
+                        self.written += n;
+                        self.needs_flush = true;
+                    }
+                    Err(e) => return Poll::Ready(Err(self.fail(e, &mut release))),
+                }
+            }
+        }
+        if self.needs_flush {
+            if let Err(e) = ready!(Pin::new(&mut *w).poll_flush(cx)) {
+                return Poll::Ready(Err(self.fail(e, &mut release)));
+            }
+            self.needs_flush = false;
+        }
+        // Written: give the buffer back (an idle session holds none).
+        self.buf = Vec::new();
+        self.written = 0;
+        if self.closed {
+            self.finish(&mut release);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn fail(&mut self, e: io::Error, release: &mut impl FnMut(u64)) -> io::Error {
+        self.buf = Vec::new();
+        self.written = 0;
+        self.needs_flush = false;
+        self.finish(release);
+        e
+    }
+
+    /// Nothing more is written: what remains is dropped, its accounting released.
+    fn finish(&mut self, release: &mut impl FnMut(u64)) {
+        self.done = true;
+        self.closed = true;
+        let rest = std::mem::take(&mut self.in_flight) + self.queue.drain(..).map(|o| o.cost()).sum::<u64>();
+        if rest > 0 {
+            release(rest);
+        }
+    }
+}
+
 /// The client's outgoing queue with its byte accounting.
-#[derive(Clone)]
 pub struct Outbox {
-    tx: flume::Sender<Out>,
+    pub(super) wire: Wire,
     pub(super) counters: Arc<ConnCounters>,
     node: Arc<NodeState>,
     limits: Arc<Limits>,
     /// Set on a 4013 close: queued data is skipped, the close frame goes next.
-    pub(super) discard: Arc<AtomicBool>,
+    discard: bool,
     subject: Arc<str>,
 }
 
@@ -68,36 +208,28 @@ pub struct Outbox {
 pub struct SlowConsumer;
 
 impl Outbox {
-    pub(super) fn new(
-        node: Arc<NodeState>,
-        counters: Arc<ConnCounters>,
-        limits: Arc<Limits>,
-        subject: &str,
-    ) -> (Outbox, flume::Receiver<Out>) {
-        let (tx, rx) = flume::unbounded();
-        let outbox = Outbox { tx, counters, node, limits, discard: Arc::new(AtomicBool::new(false)), subject: Arc::from(subject) };
-        (outbox, rx)
+    pub(super) fn new(node: Arc<NodeState>, counters: Arc<ConnCounters>, limits: Arc<Limits>, subject: &str) -> Outbox {
+        Outbox { wire: Wire::new(false), counters, node, limits, discard: false, subject: Arc::from(subject) }
     }
 
     /// Accounts `o` and queues it; over `max_buffered_bytes` it is refused (unless
     /// `force`: the node's own Close).
-    fn queue(&self, o: Out, force: bool) -> Result<(), SlowConsumer> {
+    fn queue(&mut self, o: Out, force: bool) -> Result<(), SlowConsumer> {
         let n = o.cost();
-        let before = self.counters.buffered.fetch_add(n, Ordering::AcqRel);
+        let before = self.counters.buffered.load(Ordering::Relaxed);
         if !force && before + n > self.limits.max_buffered_bytes() {
-            self.counters.buffered.fetch_sub(n, Ordering::AcqRel);
             return Err(SlowConsumer);
         }
-        self.counters.buffered_peak.fetch_max(before + n, Ordering::Relaxed);
-        if self.tx.send(o).is_err() {
-            // The writer is gone: nothing will be written, nothing stays accounted.
-            self.counters.buffered.fetch_sub(n, Ordering::AcqRel);
+        if self.wire.push(o).is_ok() {
+            // Only this task changes it; others read it (`connections`).
+            self.counters.buffered.store(before + n, Ordering::Relaxed);
+            self.counters.buffered_peak.fetch_max(before + n, Ordering::Relaxed);
         }
         Ok(())
     }
 
     /// Queues an application message. Over `max_buffered_bytes` it is refused.
-    pub fn data(&self, binary: bool, data: Bytes) -> Result<(), SlowConsumer> {
+    pub fn data(&mut self, binary: bool, data: Bytes) -> Result<(), SlowConsumer> {
         let n = data.len() as u64;
         self.queue(Out::Data { binary, data }, false)?;
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
@@ -109,21 +241,36 @@ impl Outbox {
     }
 
     /// The answer to a client Ping.
-    pub fn pong(&self, payload: Bytes) -> Result<(), SlowConsumer> {
+    pub fn pong(&mut self, payload: Bytes) -> Result<(), SlowConsumer> {
         self.queue(Out::Pong(payload), false)
     }
 
     /// The node's heartbeat; skipped while the client is not reading anyway.
-    pub fn ping(&self) {
+    pub fn ping(&mut self) {
         let _ = self.queue(Out::Ping, false);
     }
 
     /// The node's close frame: always queued (it is the last thing written).
-    pub fn close(&self, code: u16, reason: &str) {
+    pub fn close(&mut self, code: u16, reason: &str) {
         if code == close::SLOW_CONSUMER {
-            self.discard.store(true, Ordering::Release);
+            self.discard = true;
         }
         let _ = self.queue(Out::Close { code, reason: reason.to_owned() }, true);
+    }
+
+    /// Writes what is queued to the client, releasing the accounting of what leaves the
+    /// queue.
+    pub(super) fn poll_drain<W: AsyncWrite + Unpin>(&mut self, w: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let counters = &self.counters;
+        let discard = self.discard;
+        self.wire.poll_drain(
+            w,
+            cx,
+            |n| {
+                counters.buffered.fetch_sub(n, Ordering::Relaxed);
+            },
+            |item| discard && matches!(item, Out::Data { .. } | Out::Pong(_)),
+        )
     }
 
     /// Per-subject egress: one alert per window, and the subject's sessions closed with
@@ -171,35 +318,48 @@ pub fn truncate_reason(r: &str) -> &str {
     &r[..end]
 }
 
-/// Appends one unmasked server frame to `out`.
-pub fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+/// Appends one frame to `out`, masked with `mask` when it is a client's (RFC 6455
+/// section 5.3).
+fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
     out.push(0x80 | opcode);
+    let bit = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
+        n @ 0..=125 => out.push(bit | n as u8),
         n @ 126..=65535 => {
-            out.push(126);
+            out.push(bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
+    match mask {
+        None => out.extend_from_slice(payload),
+        Some(m) => {
+            out.extend_from_slice(&m);
+            let start = out.len();
+            out.extend_from_slice(payload);
+            unmask(&mut out[start..], m);
+        }
+    }
 }
 
-fn encode_out(out: &mut Vec<u8>, item: &Out) -> bool {
+/// Encodes `item`; true for a close frame (the last one).
+fn encode_out(out: &mut Vec<u8>, item: &Out, masked: bool) -> bool {
+    // The masking key of a client frame must be unpredictable (RFC 6455 section 10.3).
+    let mask = masked.then(rand::random::<[u8; 4]>);
     match item {
-        Out::Data { binary, data } => encode(out, if *binary { OP_BINARY } else { OP_TEXT }, data),
-        Out::Ping => encode(out, OP_PING, b""),
-        Out::Pong(p) => encode(out, OP_PONG, p),
+        Out::Data { binary, data } => encode_frame(out, if *binary { OP_BINARY } else { OP_TEXT }, data, mask),
+        Out::Ping => encode_frame(out, OP_PING, b"", mask),
+        Out::Pong(p) => encode_frame(out, OP_PONG, p, mask),
         Out::Close { code, reason } => {
             if *code == close::NO_STATUS {
-                encode(out, OP_CLOSE, b"");
+                encode_frame(out, OP_CLOSE, b"", mask);
             } else {
                 let mut p = code.to_be_bytes().to_vec();
                 p.extend_from_slice(truncate_reason(reason).as_bytes());
-                encode(out, OP_CLOSE, &p);
+                encode_frame(out, OP_CLOSE, &p, mask);
             }
             return true;
         }
@@ -207,75 +367,5 @@ fn encode_out(out: &mut Vec<u8>, item: &Out) -> bool {
     false
 }
 
-/// Frames written per batch at most (one write and one flush per batch).
+/// Frames encoded per batch at most (one write and one flush per batch).
 const BATCH_BYTES: usize = 64 * 1024;
-
-/// The client writer: drains the outbox in batches, releasing the accounting of what it
-/// wrote. Ends after writing a close frame, or when the socket fails.
-pub(super) async fn client_writer<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    rx: flume::Receiver<Out>,
-    counters: Arc<ConnCounters>,
-    discard: Arc<AtomicBool>,
-) {
-    let release = |item: &Out| {
-        counters.buffered.fetch_sub(item.cost(), Ordering::AcqRel);
-    };
-    while let Ok(first) = rx.recv_async().await {
-        let mut buf = Vec::new();
-        let mut closed = false;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            let skip = matches!(item, Out::Data { .. } | Out::Pong(_)) && discard.load(Ordering::Acquire);
-            if !skip {
-                closed = encode_out(&mut buf, &item);
-            }
-            release(&item);
-            if closed || buf.len() >= BATCH_BYTES {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-            break;
-        }
-        if closed {
-            break;
-        }
-    }
-    // Closed or failed: drop what remains, releasing its accounting.
-    while let Ok(item) = rx.try_recv() {
-        release(&item);
-    }
-}
-
-/// The upstream writer (fastwebsockets, client role): a bounded queue, the session waits
-/// for room.
-pub(super) async fn upstream_writer<W: AsyncWrite + Unpin>(mut wr: fastwebsockets::WebSocketWrite<W>, rx: flume::Receiver<Out>) {
-    while let Ok(item) = rx.recv_async().await {
-        match write_upstream(&mut wr, &item).await {
-            Ok(true) | Err(_) => return,
-            Ok(false) => {}
-        }
-        if rx.is_empty() && wr.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn write_upstream<W: AsyncWrite + Unpin>(wr: &mut fastwebsockets::WebSocketWrite<W>, item: &Out) -> Result<bool, WebSocketError> {
-    match item {
-        Out::Data { binary, data } => {
-            let op = if *binary { OpCode::Binary } else { OpCode::Text };
-            wr.write_frame(Frame::new(true, op, None, Payload::Borrowed(data))).await?;
-        }
-        Out::Ping => wr.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await?,
-        Out::Pong(p) => wr.write_frame(Frame::pong(Payload::Borrowed(p))).await?,
-        Out::Close { code, reason } => {
-            wr.write_frame(Frame::close(*code, truncate_reason(reason).as_bytes())).await?;
-            wr.flush().await?;
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}

@@ -130,7 +130,7 @@ async fn the_reader_holds_no_buffer_between_frames() {
     assert_eq!((f.opcode, &f.payload[..]), (OP_TEXT, &b"one"[..]));
     let f = r.next(|| 10_000).await.expect("ok").expect("frame");
     assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 5000));
-    assert_eq!(r.buf.capacity(), 0, "the read buffer is released once consumed");
+    assert_eq!(r.dec.capacity(), 0, "the read buffer is released once consumed");
     assert!(r.next(|| 10_000).await.expect("clean EOF").is_none());
 }
 

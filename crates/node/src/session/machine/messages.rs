@@ -1,6 +1,7 @@
 //! Messages from the client: the size, rate, type and schema rules, in-band control
 //! messages and refreshes (verified off the loop), and what goes to the upstream.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,8 +30,8 @@ impl Session {
         let node = &self.state.counters;
         node.messages_in.fetch_add(1, Ordering::Relaxed);
         node.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.io.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.io.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
         if data.len() > self.limits.max_message_bytes() {
             return close_with(close::TOO_BIG, "message too big");
         }
@@ -54,17 +55,10 @@ impl Session {
                 return self.push(false, Bytes::from_static(control_msg::schema_violation().as_bytes()));
             }
         }
-        match &self.up_tx {
-            None => self.push(binary, data),
-            Some(tx) => match tx.try_send(Out::Data { binary, data }) {
-                Ok(()) => Flow::Continue,
-                Err(flume::TrySendError::Full(out)) => {
-                    pending.up = Some((Box::pin(tx.clone().into_send_async(out)), tokio::time::Instant::now() + UPSTREAM_SEND_TIMEOUT));
-                    Flow::Continue
-                }
-                Err(flume::TrySendError::Disconnected(_)) => close_with(close::INTERNAL, "upstream failure"),
-            },
+        if self.io.up.is_none() {
+            return self.push(binary, data);
         }
+        if self.io.to_upstream(Out::Data { binary, data }) { Flow::Continue } else { close_with(close::INTERNAL, "upstream failure") }
     }
 
     fn on_control(&mut self, ctl: ControlMessage, pending: &mut Pending) -> Flow {
