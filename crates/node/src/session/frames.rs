@@ -196,6 +196,7 @@ impl Decoder {
     }
 
     /// Bytes held by the read buffer.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
@@ -260,9 +261,9 @@ impl Decoder {
         Poll::Ready(Ok(!rb.filled().is_empty()))
     }
 
-    /// The next frame read from `rd`. `Ok(None)` at a clean EOF between frames.
-    /// `max_payload` is asked when the header is there, so a limit changed while the
-    /// reader waited applies.
+    /// The next frame read from `rd`; `Ok(None)` at a clean EOF between frames. (The
+    /// session reads with [`Decoder::try_frame`] and [`Decoder::poll_fill`] directly.)
+    #[cfg(test)]
     pub fn poll_frame<R: AsyncRead + Unpin>(
         &mut self,
         rd: &mut R,
@@ -280,12 +281,14 @@ impl Decoder {
     }
 }
 
-/// A [`Decoder`] of client frames that owns its stream (tests and the fuzz targets).
+/// A [`Decoder`] of client frames that owns its stream (tests).
+#[cfg(test)]
 pub struct FrameReader<R> {
     rd: R,
     pub(super) dec: Decoder,
 }
 
+#[cfg(test)]
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(rd: R) -> Self {
         FrameReader { rd, dec: Decoder::client() }
@@ -297,6 +300,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
     Frame(FrameError),
