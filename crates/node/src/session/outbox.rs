@@ -25,6 +25,7 @@ use super::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, unmask};
 use crate::registry::{Command, ConnCounters};
 use crate::state::NodeState;
 
+#[derive(Debug)]
 pub enum Out {
     Data {
         binary: bool,
@@ -369,3 +370,6 @@ fn encode_out(out: &mut Vec<u8>, item: &Out, masked: bool) -> bool {
 
 /// Frames encoded per batch at most (one write and one flush per batch).
 const BATCH_BYTES: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests;

@@ -146,3 +146,20 @@ async fn a_payload_never_shares_a_read_with_other_frames() {
     let second = r.next(|| 10_000).await.expect("ok").expect("frame");
     assert_eq!(second.payload.len(), 1500);
 }
+
+#[test]
+fn server_frames_must_not_be_masked() {
+    let unmasked = frame(0x81, b"hi", false);
+    let h = parse_header_from(&unmasked, 1024, false).expect("valid").expect("complete");
+    assert_eq!((h.opcode, h.len, h.header_len), (OP_TEXT, 2, 2));
+    assert_eq!(parse_header_from(&frame(0x81, b"hi", true), 1024, false), Err(FrameError::Protocol("masked server frame")));
+    let mut dec = Decoder::server();
+    let mut two = unmasked.clone();
+    two.extend(frame(0x82, &[7; 300], false));
+    dec.buf.extend_from_slice(&two);
+    let f = dec.try_frame(1024).expect("ok").expect("frame");
+    assert_eq!(&f.payload[..], b"hi", "an unmasked payload is passed as it is");
+    let f = dec.try_frame(1024).expect("ok").expect("frame");
+    assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 300));
+    assert_eq!(dec.capacity(), 0, "the read buffer is released once consumed");
+}

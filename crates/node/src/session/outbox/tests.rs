@@ -1,0 +1,70 @@
+use super::*;
+use crate::session::frames::{OP_CLOSE, OP_TEXT, parse_header, parse_header_from};
+
+fn drain(w: &mut Wire, out: &mut Vec<u8>) -> u64 {
+    let mut released = 0;
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let r = w.poll_drain(out, &mut cx, |n| released += n, |_| false);
+    assert!(matches!(r, Poll::Ready(Ok(()))), "a Vec takes everything");
+    released
+}
+
+#[test]
+fn client_role_frames_are_masked_and_round_trip() {
+    let mut w = Wire::new(true);
+    w.push(Out::Data { binary: false, data: Bytes::from_static(b"hello upstream") }).expect("open");
+    let mut out = Vec::new();
+    drain(&mut w, &mut out);
+    // The server side of the upstream reads it as a client frame: masked.
+    let h = parse_header(&out, 1024).expect("valid").expect("complete");
+    assert_eq!((h.opcode, h.len, h.header_len), (OP_TEXT, 14, 6));
+    assert_ne!(&out[6..], b"hello upstream", "the payload is masked on the wire");
+    let mut p = out[6..].to_vec();
+    unmask(&mut p, h.mask);
+    assert_eq!(p, b"hello upstream");
+    assert!(parse_header_from(&out, 1024, false).is_err(), "a client would refuse it as a server frame");
+}
+
+#[test]
+fn server_frames_are_not_masked_and_nothing_follows_a_close() {
+    let mut w = Wire::new(false);
+    w.push(Out::Close { code: 4003, reason: "revoked".into() }).expect("open");
+    w.push(Out::Data { binary: true, data: Bytes::from_static(b"late") }).expect("queued before the close is encoded");
+    let mut out = Vec::new();
+    let released = drain(&mut w, &mut out);
+    let h = parse_header_from(&out, 1024, false).expect("valid").expect("complete");
+    assert_eq!((h.opcode, &out[h.header_len..h.header_len + 2]), (OP_CLOSE, &4003u16.to_be_bytes()[..]));
+    assert_eq!(out.len(), h.header_len + h.len, "nothing is written after the close frame");
+    assert_eq!(released, (2 + 2 + 7) + (2 + 4), "the dropped frame's accounting is released too");
+    assert!(w.done && w.push(Out::Ping).is_err(), "a closed wire takes nothing more");
+}
+
+#[test]
+fn accounting_is_released_once_written_and_the_buffer_given_back() {
+    struct Stuck;
+    impl AsyncWrite for Stuck {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+    let mut w = Wire::new(false);
+    w.push(Out::Pong(Bytes::from_static(b"abc"))).expect("open");
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut released = 0;
+    assert!(w.poll_drain(&mut Stuck, &mut cx, |n| released += n, |_| false).is_pending());
+    assert_eq!(released, 0, "frames in the write buffer still count as buffered");
+    assert_eq!(w.unwritten().len(), 5);
+    assert!(w.busy());
+    let mut out = Vec::new();
+    assert_eq!(drain(&mut w, &mut out), 5);
+    assert_eq!(out.len(), 5);
+    assert!(!w.busy());
+    assert_eq!(w.buf.capacity(), 0, "an idle wire holds no write buffer");
+}
