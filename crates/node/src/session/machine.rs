@@ -6,6 +6,7 @@
 //! keys) runs in a task of its own.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,8 +47,14 @@ pub(super) struct Session {
 
 pub(super) enum Flow {
     Continue,
+    /// The node closes the session with this code and reason.
     Close(u16, String),
+    /// The session ended (its close frames are queued already).
+    End(u16),
 }
+
+/// Socket events handled in a row before the loop polls its channels and timer again.
+const QUICK_EVENTS: u32 = 64;
 
 fn close_with(code: u16, reason: &str) -> Flow {
     Flow::Close(code, reason.to_owned())
@@ -73,23 +80,13 @@ impl Session {
     pub(super) async fn run_loop(&mut self, ctl_rx: flume::Receiver<Command>) -> u16 {
         let mut policy_rx = self.state.policy.subscribe();
         let mut drain_rx = self.state.drain_tx.subscribe();
-        let mut ping = tokio::time::interval(self.policy.limits.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let idle_check = tokio::time::sleep(self.policy.limits.idle_timeout);
-        tokio::pin!(idle_check);
-        let expiry = tokio::time::sleep_until(self.expiry_deadline());
-        tokio::pin!(expiry);
-        let warning = tokio::time::sleep_until(self.warning_deadline());
-        tokio::pin!(warning);
         let mut draining = *drain_rx.borrow();
-        let drain_at = tokio::time::sleep(FAR_FUTURE);
-        tokio::pin!(drain_at);
-        if draining {
-            drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
-        }
+        let mut at = self.deadlines(draining);
+        let timer = tokio::time::sleep_until(at.next(self.warned_for_exp));
+        tokio::pin!(timer);
         let mut pending = Pending::default();
         let mut ctl_open = true;
+        let mut quick = 0;
         // A policy swapped between the handshake and the subscription above (a
         // revocation, new limits) applies now: the watch only reports later swaps.
         let mut first = Some(self.on_policy_change());
@@ -97,7 +94,18 @@ impl Session {
         let flow = loop {
             let flow = if let Some(f) = first.take() {
                 f
+            } else if quick < QUICK_EVENTS
+                && !policy_rx.has_changed().unwrap_or(false)
+                && (draining || !drain_rx.has_changed().unwrap_or(false))
+                && (!ctl_open || ctl_rx.is_empty())
+                && let Poll::Ready(ev) = std::future::poll_fn(|cx| Poll::Ready(self.io.poll_event(cx))).await
+            {
+                // A socket event while nothing else waits: no channel is polled (each
+                // poll would register a waiter and take it back).
+                quick += 1;
+                self.on_io(ev, &mut pending)
             } else {
+                quick = 0;
                 tokio::select! {
                     // Policy changes (revocations), operator commands and drain first: a
                     // busy client never delays them.
@@ -116,11 +124,10 @@ impl Session {
                     changed = drain_rx.changed(), if !draining => {
                         if changed.is_ok() && *drain_rx.borrow() {
                             draining = true;
-                            drain_at.as_mut().reset(tokio::time::Instant::now() + self.drain_delay());
+                            at.drain = Some(tokio::time::Instant::now() + self.drain_delay());
                         }
                         Flow::Continue
                     }
-                    _ = &mut drain_at, if draining => close_with(close::GOING_AWAY, "node draining"),
                     verified = async { match &mut pending.refresh { Some(h) => h.await, None => std::future::pending().await } } => {
                         pending.refresh = None;
                         match verified {
@@ -128,62 +135,21 @@ impl Session {
                             Err(_) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
                         }
                     }
-                    ev = std::future::poll_fn(|cx| self.io.poll_event(cx)) => match ev {
-                        IoEvent::Client(Inbound::Message { binary, data }) => self.on_message(binary, data, &mut pending),
-                        IoEvent::Client(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
-                        IoEvent::Client(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
-                        IoEvent::Client(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
-                        IoEvent::Client(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
-                        IoEvent::Client(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
-                        // The close was answered already; pass it upstream.
-                        IoEvent::Client(Inbound::Close(code, reason)) => {
-                            self.close_upstream(code, reason);
-                            return code;
-                        }
-                        IoEvent::ClientGone => {
-                            self.close_upstream(close::GOING_AWAY, "client gone".into());
-                            return close::NORMAL;
-                        }
-                        IoEvent::Upstream(Inbound::Message { binary, data }) => self.push(binary, data),
-                        // An upstream close goes to the client with its code.
-                        IoEvent::Upstream(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
-                        IoEvent::Upstream(_) | IoEvent::UpstreamFailed => close_with(close::INTERNAL, "upstream failure"),
-                    },
-                    _ = ping.tick() => {
-                        self.io.outbox.ping();
-                        Flow::Continue
-                    }
-                    _ = &mut idle_check => {
-                        let idle = self.policy.limits.idle_timeout;
-                        let seen = self.io.last_seen;
-                        if seen.elapsed() >= idle {
-                            close_with(close::IDLE, "idle timeout")
-                        } else {
-                            idle_check.as_mut().reset(tokio::time::Instant::from_std(seen + idle));
-                            Flow::Continue
-                        }
-                    }
-                    _ = &mut warning, if self.warned_for_exp != Some(self.effective_exp()) => {
-                        let exp = self.effective_exp();
-                        self.warned_for_exp = Some(exp);
-                        self.push(false, Bytes::from(control_msg::auth_expiring(exp)))
-                    }
-                    _ = &mut expiry => {
-                        if unix_now() >= self.effective_exp().saturating_add(self.policy.refresh_grace_seconds) {
-                            close_with(close::TOKEN_EXPIRED, "token expired")
-                        } else {
-                            expiry.as_mut().reset(self.expiry_deadline());
-                            Flow::Continue
-                        }
-                    }
+                    ev = std::future::poll_fn(|cx| self.io.poll_event(cx)) => self.on_io(ev, &mut pending),
+                    _ = &mut timer => self.on_timer(&mut at),
                 }
             };
-            // A refresh moves the expiry and warning timers.
             if let Flow::Continue = flow {
-                let e = self.expiry_deadline();
-                if expiry.deadline() != e {
-                    expiry.as_mut().reset(e);
-                    warning.as_mut().reset(self.warning_deadline());
+                // A refresh or a new policy moves the token's deadlines.
+                let key = self.expiry_key();
+                if key != at.key {
+                    at.key = key;
+                    at.expiry = self.expiry_deadline();
+                    at.warning = self.warning_deadline();
+                }
+                let next = at.next(self.warned_for_exp);
+                if timer.deadline() != next {
+                    timer.as_mut().reset(next);
                 }
                 continue;
             }
@@ -199,7 +165,32 @@ impl Session {
                 self.close_upstream(up_code, reason);
                 code
             }
+            Flow::End(code) => code,
             Flow::Continue => close::NORMAL,
+        }
+    }
+
+    fn on_io(&mut self, ev: IoEvent, pending: &mut Pending) -> Flow {
+        match ev {
+            IoEvent::Client(Inbound::Message { binary, data }) => self.on_message(binary, data, pending),
+            IoEvent::Client(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
+            IoEvent::Client(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
+            IoEvent::Client(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),
+            IoEvent::Client(Inbound::SlowConsumer) => close_with(close::SLOW_CONSUMER, "slow consumer"),
+            IoEvent::Client(Inbound::PingFlood) => close_with(close::RATE_LIMITED, "ping rate limit"),
+            // The close was answered already; pass it upstream.
+            IoEvent::Client(Inbound::Close(code, reason)) => {
+                self.close_upstream(code, reason);
+                Flow::End(code)
+            }
+            IoEvent::ClientGone => {
+                self.close_upstream(close::GOING_AWAY, "client gone".into());
+                Flow::End(close::NORMAL)
+            }
+            IoEvent::Upstream(Inbound::Message { binary, data }) => self.push(binary, data),
+            // An upstream close goes to the client with its code.
+            IoEvent::Upstream(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
+            IoEvent::Upstream(_) | IoEvent::UpstreamFailed => close_with(close::INTERNAL, "upstream failure"),
         }
     }
 
@@ -272,6 +263,7 @@ fn pass_through(code: u16) -> u16 {
 }
 
 mod messages;
+mod timers;
 
 #[cfg(test)]
 mod tests {
