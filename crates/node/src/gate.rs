@@ -206,19 +206,20 @@ async fn upgrade(
     state: Arc<NodeState>,
     mut stream: ClientStream,
     rest: BytesMut,
-    accepted: Accepted,
+    mut accepted: Accepted,
     policy: Arc<CompiledPolicy>,
     mut attempt: Attempt,
     link: Option<UpstreamLink>,
     open: OpenGuard,
 ) {
+    // Taken, not borrowed: the session has no use for them, and holds no copy.
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-        accepted.accept_key
+        std::mem::take(&mut accepted.accept_key)
     );
-    if let Some(p) = &accepted.app_protocol {
+    if let Some(p) = accepted.app_protocol.take() {
         response.push_str("Sec-WebSocket-Protocol: ");
-        response.push_str(p);
+        response.push_str(&p);
         response.push_str("\r\n");
     }
     response.push_str("\r\n");

@@ -90,22 +90,25 @@ pub fn register(state: &NodeState, acc: &Accepted, attempt: &crate::audit::Attem
     Registration { conn_id, counters, ctl_rx, trace_id: attempt.trace_id.clone(), started: Instant::now() }
 }
 
-pub async fn run(
+/// The session's task. The session is built here, outside the future: an `async fn`
+/// keeps its arguments in the future for its whole life, next to the session made of
+/// them, and every idle session would pay for both.
+pub fn run(
     state: Arc<NodeState>,
     stream: ClientStream,
     acc: Accepted,
     policy: Arc<CompiledPolicy>,
     reg: Registration,
     upstream: Option<UpstreamLink>,
-    _open: OpenGuard,
-) {
+    open: OpenGuard,
+) -> impl Future<Output = ()> + Send + 'static {
     let Registration { conn_id, counters, ctl_rx, trace_id, started } = reg;
     let limits = Arc::new(Limits::new(&policy));
     let outbox = Outbox::new(state.clone(), counters.clone(), limits.clone(), &acc.claims.sub);
-    let up = upstream.map(|link| io::Upstream::new(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover)));
+    let up = upstream.map(|link| Box::new(io::Upstream::new(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover))));
     let io = io::Io::new(stream, outbox, limits.clone(), policy.limits.messages.rate.burst, up);
     let mut s = machine::Session {
-        state: state.clone(),
+        state,
         tokens: policy.limits.messages.rate.burst as f64,
         policy,
         acc,
@@ -115,28 +118,48 @@ pub async fn run(
         schema_violations: 0,
         warned_for_exp: None,
         authenticated_at: crate::handshake::unix_now(),
-        conn_id: conn_id.clone(),
+        conn_id,
     };
-    let code = s.run_loop(ctl_rx).await;
-    state.registry.remove(&conn_id);
-    crate::telemetry::session_closed(&state, &conn_id, &trace_id, &s.acc.claims.sub, &s.acc.route.path, code, started, &counters);
-    state.events.publish(|| crate::events::Event {
-        kind: crate::events::kind::SESSION_CLOSED,
-        conn_id: conn_id.clone(),
-        client_address: s.acc.client.to_string(),
-        route: s.acc.route.path.clone(),
-        subject: s.acc.claims.sub.clone(),
-        result: "closed",
-        close_code: code,
-        trace_id,
-        duration_us: started.elapsed().as_micros() as u64,
-        bytes_in: counters.bytes_in.load(Ordering::Relaxed),
-        bytes_out: counters.bytes_out.load(Ordering::Relaxed),
-        ..Default::default()
-    });
-    // Write the close frames, then wait for the client's reply (or EOF), so that no
-    // unread data makes the kernel answer with a reset; at the end of the linger the
-    // sockets are closed whatever the peers do.
-    let mut io = s.io;
-    let _ = tokio::time::timeout(CLOSE_LINGER, std::future::poll_fn(|cx| io.poll_finish(cx))).await;
+    // Everything the future needs is captured as it is, never rebound in it: a captured
+    // value moved into a local takes a second place in the future.
+    async move {
+        let _open = &open;
+        let code = s.run_loop(ctl_rx).await;
+        let state = &s.state;
+        let conn_id = &s.conn_id;
+        state.registry.remove(conn_id);
+        crate::telemetry::session_closed(state, conn_id, &trace_id, &s.acc.claims.sub, &s.acc.route.path, code, started, &counters);
+        state.events.publish(|| crate::events::Event {
+            kind: crate::events::kind::SESSION_CLOSED,
+            conn_id: conn_id.clone(),
+            client_address: s.acc.client.to_string(),
+            route: s.acc.route.path.clone(),
+            subject: s.acc.claims.sub.clone(),
+            result: "closed",
+            close_code: code,
+            trace_id,
+            duration_us: started.elapsed().as_micros() as u64,
+            bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+            bytes_out: counters.bytes_out.load(Ordering::Relaxed),
+            ..Default::default()
+        });
+        // Write the close frames, then wait for the client's reply (or EOF), so that no
+        // unread data makes the kernel answer with a reset; at the end of the linger the
+        // sockets are closed whatever the peers do.
+        let _ = tokio::time::timeout(CLOSE_LINGER, std::future::poll_fn(|cx| s.io.poll_finish(cx))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle session carries this state in its task (benches/RESULTS.md: the idle
+    /// memory bars); a field that grows it belongs behind a `Box` when it is rarely used.
+    #[test]
+    fn an_idle_session_stays_within_its_inline_budget() {
+        use std::mem::size_of;
+        let session = size_of::<super::machine::Session>();
+        let io = size_of::<super::io::Io<crate::http::ClientStream, crate::upstream::PrefixedUpstream>>();
+        assert!(session <= 900, "Session is {session} bytes");
+        assert!(io <= 400, "Io is {io} bytes (the upstream side is boxed)");
+    }
 }

@@ -76,12 +76,13 @@ pub(super) struct Io<C, U> {
     discard_budget: usize,
     /// When the client last sent a frame (the idle timeout).
     pub(super) last_seen: Instant,
-    pub(super) up: Option<Upstream<U>>,
+    /// Boxed: most routes have none, and an idle session should not carry its room.
+    pub(super) up: Option<Box<Upstream<U>>>,
     limits: Arc<Limits>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C, U> {
-    pub(super) fn new(client: C, outbox: Outbox, limits: Arc<Limits>, burst: u64, up: Option<Upstream<U>>) -> Self {
+    pub(super) fn new(client: C, outbox: Outbox, limits: Arc<Limits>, burst: u64, up: Option<Box<Upstream<U>>>) -> Self {
         Io {
             client,
             dec: Decoder::client(),
