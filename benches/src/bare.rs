@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use clap::{Args, ValueEnum};
-use fastwebsockets::{OpCode, Role, WebSocket, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -201,7 +201,10 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>) {
             Err(_) => return,
         };
         let written = match frame.opcode {
-            OpCode::Text | OpCode::Binary => ws.write_frame(frame).await,
+            // A new frame: the one read keeps the client's masking key, and fastwebsockets
+            // would write it back as a masked server frame (RFC 6455 section 5.1 forbids
+            // it; palisade's upstream side refuses it).
+            OpCode::Text | OpCode::Binary => ws.write_frame(Frame::new(frame.fin, frame.opcode, None, frame.payload)).await,
             OpCode::Close => break,
             _ => continue,
         };

@@ -121,6 +121,7 @@ impl Node {
             None => Vec::new(),
         };
         cluster_tasks.push(spawn_expiry_warnings(self.state.clone()));
+        cluster_tasks.push(crate::session::spawn_notifier(self.state.clone()));
         tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, control = ?control_addr, "node serving");
         NodeHandle { state: self.state, wss_addr, control_addr, task, control_task, watcher, cluster_tasks }
     }

@@ -13,8 +13,19 @@ use bytes::Bytes;
 /// An instruction to one session.
 #[derive(Debug, Clone)]
 pub enum Command {
-    Close { code: u16, reason: String },
-    Send { payload: Bytes, binary: bool },
+    Close {
+        code: u16,
+        reason: String,
+    },
+    Send {
+        payload: Bytes,
+        binary: bool,
+    },
+    /// The live policy was swapped: re-check the session against it (revocations, the
+    /// route's access rule, limits).
+    PolicyChanged,
+    /// The node drains: close within the drain window.
+    Drain,
 }
 
 pub use palisade_plane::Selector;

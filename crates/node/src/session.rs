@@ -150,6 +150,40 @@ pub fn run(
     }
 }
 
+/// Tells every session of a policy swap and of the drain, through its command channel:
+/// one waiting point per session (its channel) instead of a watch per session, so an idle
+/// session holds less and a busy one polls no node-wide lock per message. Sessions check
+/// both when they start, so one registered during a swap misses nothing. Ends with the
+/// node.
+pub fn spawn_notifier(state: Arc<NodeState>) -> tokio::task::JoinHandle<()> {
+    let mut policy = state.policy.subscribe();
+    let mut drain = state.drain_tx.subscribe();
+    let mut stop = state.stop_tx.subscribe();
+    tokio::spawn(async move {
+        let mut draining = *drain.borrow_and_update();
+        loop {
+            tokio::select! {
+                changed = policy.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    state.registry.dispatch(&crate::registry::Selector::All, Command::PolicyChanged);
+                }
+                changed = drain.changed(), if !draining => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *drain.borrow_and_update() {
+                        draining = true;
+                        state.registry.dispatch(&crate::registry::Selector::All, Command::Drain);
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     /// Every idle session carries this state in its task (benches/RESULTS.md: the idle

@@ -5,6 +5,7 @@
 //! policy changes are still served, and a refresh's signature check (which may fetch JWKS
 //! keys) runs in a task of its own.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use palisade_policy::control_msg;
 use palisade_policy::{Claims, CompiledPolicy, TokenError};
+use tokio_stream::Stream;
 
 use super::frames::Inbound;
 use super::io::{Io, IoEvent};
@@ -53,8 +55,14 @@ pub(super) enum Flow {
     End(u16),
 }
 
-/// Socket events handled in a row before the loop polls its channels and timer again.
-const QUICK_EVENTS: u32 = 64;
+/// What woke the session loop.
+enum Wake {
+    Command(Option<Command>),
+    /// An in-band refresh was verified (`None`: its task failed).
+    Refreshed(Option<Result<Claims, TokenError>>),
+    Timer,
+    Io(IoEvent),
+}
 
 fn close_with(code: u16, reason: &str) -> Flow {
     Flow::Close(code, reason.to_owned())
@@ -78,65 +86,63 @@ impl Session {
     }
 
     pub(super) async fn run_loop(&mut self, ctl_rx: flume::Receiver<Command>) -> u16 {
-        let mut policy_rx = self.state.policy.subscribe();
-        let mut drain_rx = self.state.drain_tx.subscribe();
-        let mut draining = *drain_rx.borrow();
+        // Kept across waits: its waiter is registered once, not at every wait.
+        let mut ctl = ctl_rx.stream();
+        let mut draining = *self.state.drain_tx.borrow();
         let mut at = self.deadlines(draining);
         let timer = tokio::time::sleep_until(at.next(self.warned_for_exp));
         tokio::pin!(timer);
         let mut pending = Pending::default();
         let mut ctl_open = true;
-        let mut quick = 0;
-        // A policy swapped between the handshake and the subscription above (a
-        // revocation, new limits) applies now: the watch only reports later swaps.
+        // A policy swapped between the handshake and the registration (a revocation, new
+        // limits) applies now: the notifier only reports later swaps.
         let mut first = Some(self.on_policy_change());
 
         let flow = loop {
             let flow = if let Some(f) = first.take() {
                 f
-            } else if quick < QUICK_EVENTS
-                && !policy_rx.has_changed().unwrap_or(false)
-                && (draining || !drain_rx.has_changed().unwrap_or(false))
-                && (!ctl_open || ctl_rx.is_empty())
-                && let Poll::Ready(ev) = std::future::poll_fn(|cx| Poll::Ready(self.io.poll_event(cx))).await
-            {
-                // A socket event while nothing else waits: no channel is polled (each
-                // poll would register a waiter and take it back).
-                quick += 1;
-                self.on_io(ev, &mut pending)
             } else {
-                quick = 0;
-                tokio::select! {
-                    // Policy changes (revocations), operator commands and drain first: a
-                    // busy client never delays them.
-                    biased;
-                    changed = policy_rx.changed() => {
-                        if changed.is_ok() { self.on_policy_change() } else { Flow::Continue }
+                // Operator commands (policy changes and drain among them) first, then the
+                // timer: neither is delayed by a busy client.
+                let wake = std::future::poll_fn(|cx| {
+                    if ctl_open && let Poll::Ready(cmd) = Pin::new(&mut ctl).poll_next(cx) {
+                        return Poll::Ready(Wake::Command(cmd));
                     }
-                    cmd = ctl_rx.recv_async(), if ctl_open => match cmd.ok() {
-                        Some(Command::Close { code, reason }) => Flow::Close(code, reason),
-                        Some(Command::Send { payload, binary }) => self.push(binary, payload),
-                        None => {
-                            ctl_open = false;
-                            Flow::Continue
-                        }
-                    },
-                    changed = drain_rx.changed(), if !draining => {
-                        if changed.is_ok() && *drain_rx.borrow() {
+                    if let Some(h) = &mut pending.refresh
+                        && let Poll::Ready(r) = Pin::new(h).poll(cx)
+                    {
+                        return Poll::Ready(Wake::Refreshed(r.ok()));
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
+                    }
+                    self.io.poll_event(cx).map(Wake::Io)
+                })
+                .await;
+                match wake {
+                    Wake::Command(Some(Command::Close { code, reason })) => Flow::Close(code, reason),
+                    Wake::Command(Some(Command::Send { payload, binary })) => self.push(binary, payload),
+                    Wake::Command(Some(Command::PolicyChanged)) => self.on_policy_change(),
+                    Wake::Command(Some(Command::Drain)) => {
+                        if !draining {
                             draining = true;
                             at.drain = Some(tokio::time::Instant::now() + self.drain_delay());
                         }
                         Flow::Continue
                     }
-                    verified = async { match &mut pending.refresh { Some(h) => h.await, None => std::future::pending().await } } => {
+                    Wake::Command(None) => {
+                        ctl_open = false;
+                        Flow::Continue
+                    }
+                    Wake::Refreshed(verified) => {
                         pending.refresh = None;
                         match verified {
-                            Ok(r) => self.on_refresh(r),
-                            Err(_) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
+                            Some(r) => self.on_refresh(r),
+                            None => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
                         }
                     }
-                    ev = std::future::poll_fn(|cx| self.io.poll_event(cx)) => self.on_io(ev, &mut pending),
-                    _ = &mut timer => self.on_timer(&mut at),
+                    Wake::Timer => self.on_timer(&mut at),
+                    Wake::Io(ev) => self.on_io(ev, &mut pending),
                 }
             };
             if let Flow::Continue = flow {
