@@ -555,3 +555,24 @@ async fn five_thousand_stalled_sockets_do_not_stop_honest_clients() {
     }
     assert_eq!(closed, STALLED, "stalled sockets closed within handshake_timeout + 1 s");
 }
+
+/// The node's TLS suite order wins over the client's (crates/node/src/tls.rs): a client
+/// preferring AES-256 (rustls' own default order) gets AES-128-GCM with SHA-256, and a
+/// client offering AES-256 only is still served with it.
+#[tokio::test]
+async fn the_node_prefers_aes_128_gcm_and_still_serves_other_suites() {
+    use tokio_rustls::rustls;
+    let node = TestNode::start(None, |_| {}).await;
+    let connect = |cfg: std::sync::Arc<rustls::ClientConfig>| async move {
+        let tcp = tokio::net::TcpStream::connect(node.addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.expect("TLS handshake");
+        tls.get_ref().1.negotiated_cipher_suite().expect("a suite").suite()
+    };
+    let default_order = rustls::crypto::aws_lc_rs::default_provider();
+    assert_eq!(default_order.cipher_suites[0].suite(), rustls::CipherSuite::TLS13_AES_256_GCM_SHA384, "the client prefers AES-256");
+    assert_eq!(connect(node.tls.clone()).await, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let mut only_256 = rustls::crypto::aws_lc_rs::default_provider();
+    only_256.cipher_suites.retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    assert_eq!(connect(node.pki.client_tls_with(only_256)).await, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+}

@@ -119,18 +119,37 @@ impl ReloadingCert {
     }
 }
 
+/// The server's preference: AES-128-GCM first (TLS 1.3, then 1.2), the rest in the
+/// provider's order (a stable sort).
+fn suite_rank(s: rustls::CipherSuite) -> u8 {
+    use rustls::CipherSuite as C;
+    match s {
+        C::TLS13_AES_128_GCM_SHA256 => 0,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 1,
+        _ => 2,
+    }
+}
+
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
 }
 
+/// The node's TLS: aws-lc-rs, TLS 1.3 and 1.2, and the server's own suite order, which
+/// puts AES-128-GCM with SHA-256 first (TLS 1.3's mandatory suite, 128-bit security like
+/// the X25519 and P-256 key exchanges it is paired with). SHA-256 has hardware support on
+/// current x86 and Arm cores where SHA-384 mostly does not, and AES-128 runs 10 rounds
+/// to AES-256's 14: the handshake's transcript hashing and key schedule and every
+/// record cost less (benches/RESULTS.md). Clients that offer only the others get them.
 pub fn server_config(resolver: Arc<ReloadingCert>) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.sort_by_key(|s| suite_rank(s.suite()));
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
+    cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -119,11 +119,16 @@ impl Pki {
     }
 
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.client_tls_with(rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    /// [`Pki::client_tls`] with the suites (and the rest) of `provider`.
+    pub fn client_tls_with(&self, provider: rustls::crypto::CryptoProvider) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca.cert_pem.as_bytes()) {
             roots.add(c.expect("pem")).expect("root");
         }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
