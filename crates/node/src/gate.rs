@@ -83,7 +83,8 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
             if head.method == "OPTIONS" {
                 return Ok(Passed::Preflight(cors));
             }
-            let id = crate::tickets::endpoint(&state, &policy, &mut stream, &head, rest.clone(), deadline, ip_slot, &mut attempt).await?;
+            let id = Box::pin(crate::tickets::endpoint(&state, &policy, &mut stream, &head, rest.clone(), deadline, ip_slot, &mut attempt))
+                .await?;
             return Ok(Passed::Ticket(id, cors));
         }
         if !head.has_token("upgrade", "websocket") && !state.routes.contains_key(head.path) {
@@ -101,16 +102,19 @@ pub async fn gate(state: Arc<NodeState>, tcp: TcpStream, peer: SocketAddr, tls: 
         step::origin(&policy, &head)?; // 8
         let credential = step::carrier(&head, &policy.carriers)?; // 9
         attempt.carrier = Some(credential.carrier().as_str());
-        let claims = step::verify(&state, &policy, credential, &head).await?; // 10
+        // The awaits below are boxed: their futures (a JWKS fetch, etcd, the upstream's
+        // connect and TLS) would otherwise sit inline in every connection's task, which
+        // tokio copies at spawn and at completion.
+        let claims = Box::pin(step::verify(&state, &policy, credential, &head)).await?; // 10
         attempt.subject = Some(claims.sub.clone());
         step::access(&policy, &route.path, &claims).map_err(|(r, rule)| {
             attempt.access_rule = Some(rule);
             r
         })?; // 10a
         let user_slot = step::per_user(&state, &policy, &claims.sub)?; // 11
-        let fleet_slot = step::fleet_cap(&state, &policy, &claims.sub, &attempt.conn_id).await?; // 11, fleet-wide
+        let fleet_slot = Box::pin(step::fleet_cap(&state, &policy, &claims.sub, &attempt.conn_id)).await?; // 11, fleet-wide
         let (mut app_protocol, offered_protocols) = step::subprotocols(&head);
-        let upstream = step::upstream(&route, &claims, client, &attempt.conn_id, &offered_protocols, &policy).await?; // 12
+        let upstream = Box::pin(step::upstream(&route, &claims, client, &attempt.conn_id, &offered_protocols, &policy)).await?; // 12
         if let Some(up) = &upstream {
             app_protocol = up.protocol.clone();
         }
