@@ -98,7 +98,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
     }
 
     /// Queues a message for the upstream. `false`: the upstream is gone.
-    pub(super) fn to_upstream(&mut self, o: Out) -> bool {
+    pub(super) fn send_upstream(&mut self, o: Out) -> bool {
         self.up.as_mut().is_some_and(|u| !u.failed && u.wire.push(o).is_ok())
     }
 

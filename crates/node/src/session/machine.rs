@@ -211,7 +211,7 @@ impl Session {
     /// close linger).
     fn close_upstream(&mut self, code: u16, reason: String) {
         let code = if code == close::NO_STATUS || code == 1006 { close::NORMAL } else { code };
-        self.io.to_upstream(Out::Close { code, reason });
+        self.io.send_upstream(Out::Close { code, reason });
     }
 
     /// The session's expiry: the token's `exp`, or earlier when the policy requires a

@@ -58,7 +58,7 @@ impl Session {
         if self.io.up.is_none() {
             return self.push(binary, data);
         }
-        if self.io.to_upstream(Out::Data { binary, data }) { Flow::Continue } else { close_with(close::INTERNAL, "upstream failure") }
+        if self.io.send_upstream(Out::Data { binary, data }) { Flow::Continue } else { close_with(close::INTERNAL, "upstream failure") }
     }
 
     fn on_control(&mut self, ctl: ControlMessage, pending: &mut Pending) -> Flow {
