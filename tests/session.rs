@@ -240,6 +240,14 @@ async fn upstream_bridge_identity_stripping_and_close_codes() {
         assert!(!format!("{r:?}").contains(signature));
     }
 
+    // An upstream that breaks the protocol (a masked frame from a server) is 1011, and
+    // nothing of the frame reaches the client first.
+    send(&mut ws2, "masked").await;
+    match tokio::time::timeout(Duration::from_secs(5), ws2.next()).await {
+        Ok(Some(Ok(Message::Close(Some(f))))) => assert_eq!(u16::from(f.code), 1011),
+        other => panic!("expected the 1011 close first, got {other:?}"),
+    }
+
     // An upstream failure (TCP dropped without a close) is 1011 for the client.
     send(&mut ws, "drop").await;
     assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1011));
