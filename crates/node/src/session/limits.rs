@@ -1,12 +1,13 @@
-//! The limits a session's tasks read, and the client's own ping bucket.
+//! The limits a session reads, and the client's own ping bucket.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use palisade_policy::CompiledPolicy;
 
-/// The limits one session's tasks read, updated in place at every policy change: the
-/// reader's message limit and ping rate, the outbox's buffered-bytes limit.
+/// The limits one session reads, updated in place at every policy change: the message
+/// limit and ping rate, the outbox's buffered-bytes limit. Shared by the session, its
+/// sockets and its outbox (one task; atomics because the future must be `Send`).
 pub struct Limits {
     max_message_bytes: AtomicUsize,
     max_buffered_bytes: AtomicU64,

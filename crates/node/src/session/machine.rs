@@ -68,14 +68,8 @@ fn close_with(code: u16, reason: &str) -> Flow {
     Flow::Close(code, reason.to_owned())
 }
 
-/// An in-band refresh being verified.
+/// An in-band refresh being verified (at most one: a newer one replaces it).
 type Refresh = tokio::task::JoinHandle<Result<Claims, TokenError>>;
-
-/// Work the loop waits on besides its channels.
-#[derive(Default)]
-struct Pending {
-    refresh: Option<Refresh>,
-}
 
 impl Session {
     fn instant_at_unix(&self, t: u64) -> tokio::time::Instant {
@@ -92,7 +86,7 @@ impl Session {
         let mut at = self.deadlines(draining);
         let timer = tokio::time::sleep_until(at.next(self.warned_for_exp));
         tokio::pin!(timer);
-        let mut pending = Pending::default();
+        let mut pending: Option<Refresh> = None;
         let mut ctl_open = true;
         // A policy swapped between the handshake and the registration (a revocation, new
         // limits) applies now: the notifier only reports later swaps.
@@ -108,7 +102,7 @@ impl Session {
                     if ctl_open && let Poll::Ready(cmd) = Pin::new(&mut ctl).poll_next(cx) {
                         return Poll::Ready(Wake::Command(cmd));
                     }
-                    if let Some(h) = &mut pending.refresh
+                    if let Some(h) = &mut pending
                         && let Poll::Ready(r) = Pin::new(h).poll(cx)
                     {
                         return Poll::Ready(Wake::Refreshed(r.ok()));
@@ -135,7 +129,7 @@ impl Session {
                         Flow::Continue
                     }
                     Wake::Refreshed(verified) => {
-                        pending.refresh = None;
+                        pending = None;
                         match verified {
                             Some(r) => self.on_refresh(r),
                             None => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
@@ -161,7 +155,7 @@ impl Session {
             }
             break flow;
         };
-        if let Some(h) = pending.refresh.take() {
+        if let Some(h) = pending.take() {
             h.abort();
         }
         match flow {
@@ -176,7 +170,7 @@ impl Session {
         }
     }
 
-    fn on_io(&mut self, ev: IoEvent, pending: &mut Pending) -> Flow {
+    fn on_io(&mut self, ev: IoEvent, pending: &mut Option<Refresh>) -> Flow {
         match ev {
             IoEvent::Client(Inbound::Message { binary, data }) => self.on_message(binary, data, pending),
             IoEvent::Client(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),

@@ -25,7 +25,7 @@ impl Session {
         }
     }
 
-    pub(super) fn on_message(&mut self, binary: bool, data: Bytes, pending: &mut Pending) -> Flow {
+    pub(super) fn on_message(&mut self, binary: bool, data: Bytes, pending: &mut Option<Refresh>) -> Flow {
         let n = data.len() as u64;
         let node = &self.state.counters;
         node.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -61,17 +61,17 @@ impl Session {
         if self.io.send_upstream(Out::Data { binary, data }) { Flow::Continue } else { close_with(close::INTERNAL, "upstream failure") }
     }
 
-    fn on_control(&mut self, ctl: ControlMessage, pending: &mut Pending) -> Flow {
+    fn on_control(&mut self, ctl: ControlMessage, pending: &mut Option<Refresh>) -> Flow {
         match ctl {
             ControlMessage::Ping => self.push(false, Bytes::from_static(control_msg::pong().as_bytes())),
             ControlMessage::Auth(None) => self.push(false, Bytes::from(control_msg::auth_error("token_invalid"))),
             ControlMessage::Auth(Some(token)) => {
                 let policy = self.state.policy.load().unwrap_or_else(|| self.policy.clone());
                 let state = self.state.clone();
-                if let Some(old) = pending.refresh.take() {
+                if let Some(old) = pending.take() {
                     old.abort();
                 }
-                pending.refresh = Some(tokio::spawn(async move { crate::jwks::verify(&state.jwks, &policy, &token, unix_now()).await }));
+                *pending = Some(tokio::spawn(async move { crate::jwks::verify(&state.jwks, &policy, &token, unix_now()).await }));
                 Flow::Continue
             }
         }
