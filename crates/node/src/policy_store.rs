@@ -35,8 +35,11 @@ pub struct PolicyStore {
     current: ArcSwapOption<CompiledPolicy>,
     /// The version served: the live policy's, or newer when a push changed nothing.
     version: AtomicU64,
-    /// Bumped at every swap: what live sessions wait on.
+    /// Bumped at every swap: what the notifier waits on.
     swaps: watch::Sender<u64>,
+    /// Bumped at every swap, after the new policy is live: what a busy session compares
+    /// before each frame it reads, so a frame sent after a push is judged by it.
+    generation: AtomicU64,
     /// Serialises writers so that the version check and the swap are one step.
     write: std::sync::Mutex<()>,
 }
@@ -47,6 +50,7 @@ impl Default for PolicyStore {
             current: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
             swaps: watch::channel(0).0,
+            generation: AtomicU64::new(0),
             write: std::sync::Mutex::new(()),
         }
     }
@@ -74,6 +78,12 @@ impl PolicyStore {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Counts the swaps of the live policy (one atomic load: the session's hot path). A
+    /// value read before `load` never announces a policy newer than the one loaded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Changes at every swap of the live policy (not at an unchanged push).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.swaps.subscribe()
@@ -94,6 +104,7 @@ impl PolicyStore {
             return Ok(Stored::Unchanged);
         }
         self.current.store(Some(Arc::new(compiled)));
+        self.generation.fetch_add(1, Ordering::Release);
         self.swaps.send_modify(|n| *n += 1);
         Ok(Stored::Swapped)
     }
@@ -150,6 +161,19 @@ mod tests {
         assert_eq!(validate(&doc(99), 1).expect("valid").limits.max_connections, 99);
         assert_eq!((s.version(), s.load().expect("live").limits.max_connections), (5, 10));
         assert!(!rx.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn the_generation_counts_swaps_only() {
+        let s = PolicyStore::default();
+        s.apply(&doc(10), 1).expect("first");
+        let g = s.generation();
+        s.apply(&doc(10), 2).expect("unchanged");
+        assert_eq!(s.generation(), g, "an unchanged push is not a swap");
+        s.apply(&doc(11), 3).expect("swap");
+        assert_eq!(s.generation(), g + 1);
+        assert!(s.apply(&doc(12), 3).is_err());
+        assert_eq!(s.generation(), g + 1, "a refused push is not a swap");
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Session {
         tokio::pin!(timer);
         let mut pending: Option<Refresh> = None;
         let mut ctl_open = true;
+        let mut generation = self.state.policy.generation();
         // A policy swapped between the handshake and the registration (a revocation, new
         // limits) applies now: the notifier only reports later swaps.
         let mut first = Some(self.on_policy_change());
@@ -109,6 +110,13 @@ impl Session {
                     }
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Timer);
+                    }
+                    // A push is applied before the next frame is judged, without waiting
+                    // for the notifier's command (which still wakes an idle session).
+                    let g = self.state.policy.generation();
+                    if g != generation {
+                        generation = g;
+                        return Poll::Ready(Wake::Command(Some(Command::PolicyChanged)));
                     }
                     self.io.poll_event(cx).map(Wake::Io)
                 })
