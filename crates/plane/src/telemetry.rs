@@ -32,6 +32,7 @@
 //! defaults (overridden by `OTEL_SERVICE_NAME`), and the drop accounting.
 
 mod drops;
+mod json_lines;
 pub mod logs;
 pub mod rpc;
 

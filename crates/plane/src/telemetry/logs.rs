@@ -1,5 +1,5 @@
-//! The process's log output: JSON lines on stdout (the default; `tracing-subscriber`'s
-//! json format, fields flattened), or compact human lines with `PALISADE_LOG_FORMAT=text`
+//! The process's log output: JSON lines on stdout (the default; `json_lines.rs`, the shape
+//! of `tracing-subscriber`'s json format with fields flattened), or compact human lines with `PALISADE_LOG_FORMAT=text`
 //! (what `palisade dev` uses on a terminal). Level from `PALISADE_LOG` or `RUST_LOG`
 //! (default `info`).
 //!
@@ -52,9 +52,7 @@ pub fn init_logging(format: LogFormat, export_logs: bool) {
     let filter =
         EnvFilter::try_from_env("PALISADE_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info"));
     let stdout = match format {
-        LogFormat::Json => {
-            tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).with_span_list(false).boxed()
-        }
+        LogFormat::Json => tracing_subscriber::fmt::layer().event_format(super::json_lines::JsonLines).boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().compact().with_target(false).boxed(),
     };
     let route = export_logs.then_some(RouterLayer);
