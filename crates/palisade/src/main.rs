@@ -14,7 +14,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(palisade::cli::run(cli)) {
+    let result = rt.block_on(palisade::cli::run(cli));
+    // Log lines are written in batches: the last ones go out before the process ends.
+    palisade_plane::telemetry::logs::flush();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

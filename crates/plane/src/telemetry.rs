@@ -31,6 +31,7 @@
 //! protocol check (`OTEL_EXPORTER_OTLP_[{SIGNAL}_]PROTOCOL` must be `grpc`), our resource
 //! defaults (overridden by `OTEL_SERVICE_NAME`), and the drop accounting.
 
+mod batched;
 mod drops;
 mod json_lines;
 pub mod logs;

@@ -25,6 +25,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use super::LogRoute;
+use super::batched::BatchedStdout;
+pub use super::batched::flush;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -45,16 +47,18 @@ impl LogFormat {
     }
 }
 
-/// Installs the process's subscriber: the filter, stdout in `format`, and (with
+/// Installs the process's subscriber: the filter, stdout in `format` (written in batches:
+/// `batched.rs`; call [`flush`] before the process exits), and (with
 /// `export_logs`) the routing layer to the services' OTLP loggers. Once per process;
 /// later calls do nothing.
 pub fn init_logging(format: LogFormat, export_logs: bool) {
     let filter =
         EnvFilter::try_from_env("PALISADE_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info"));
     let stdout = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().event_format(super::json_lines::JsonLines).boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().compact().with_target(false).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().event_format(super::json_lines::JsonLines).with_writer(BatchedStdout).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().compact().with_target(false).with_writer(BatchedStdout).boxed(),
     };
+    super::batched::flush_on_panic();
     let route = export_logs.then_some(RouterLayer);
     let _ = tracing_subscriber::registry().with(filter).with(stdout).with(route).try_init();
 }
