@@ -172,6 +172,21 @@ pub struct Listen {
     pub wss: SocketAddr,
     #[serde(default)]
     pub control: Option<SocketAddr>,
+    /// Data-path threads: each runs its own single-threaded runtime and accepts on its own
+    /// listener of the WSS port (`SO_REUSEPORT`), and a connection stays on the thread
+    /// that accepted it. Default: the CPUs this process may use.
+    #[serde(default)]
+    pub data_threads: Option<usize>,
+}
+
+/// The most data threads a node runs (more than the CPUs only adds switching).
+pub const MAX_DATA_THREADS: usize = 256;
+
+impl Listen {
+    /// `data_threads`, or the CPUs this process may use (cgroup quotas included).
+    pub fn data_threads(&self) -> usize {
+        self.data_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, MAX_DATA_THREADS)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -266,6 +281,9 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.data_threads.is_some_and(|n| n == 0 || n > MAX_DATA_THREADS) {
+            return Err(field("listen.data_threads", "must be between 1 and 256"));
+        }
         if self.ipv6_prefix_len == 0 || self.ipv6_prefix_len > 128 {
             return Err(field("ipv6_prefix_len", "must be between 1 and 128"));
         }

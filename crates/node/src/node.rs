@@ -32,7 +32,8 @@ pub enum NodeError {
 
 pub struct Node {
     state: Arc<NodeState>,
-    listener: TcpListener,
+    /// The WSS listeners, one per data thread (`server.rs`).
+    listeners: Vec<std::net::TcpListener>,
     control: Option<(TcpListener, Option<ControlTls>)>,
     tls: Option<TlsAcceptor>,
     cert: Option<Arc<ReloadingCert>>,
@@ -50,7 +51,8 @@ impl Node {
             }
             _ => (None, None),
         };
-        let listener = TcpListener::bind(config.listen.wss).await.map_err(|source| NodeError::Bind { addr: config.listen.wss, source })?;
+        let listeners = crate::server::bind_listeners(config.listen.wss, config.listen.data_threads())
+            .map_err(|source| NodeError::Bind { addr: config.listen.wss, source })?;
         let control = match config.listen.control {
             None => None,
             Some(addr) => {
@@ -88,11 +90,11 @@ impl Node {
                 }
             })?;
         }
-        Ok(Node { state, listener, control, tls, cert })
+        Ok(Node { state, listeners, control, tls, cert })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.state.config.listen.wss)
+        self.listeners.first().and_then(|l| l.local_addr().ok()).unwrap_or(self.state.config.listen.wss)
     }
 
     pub fn state(&self) -> &Arc<NodeState> {
@@ -102,7 +104,7 @@ impl Node {
     /// Starts serving in the background.
     pub async fn spawn(self) -> NodeHandle {
         let wss_addr = self.local_addr();
-        let stop_rx = self.state.stop_tx.subscribe();
+        let data_threads = self.listeners.len();
         let watcher = self.cert.as_ref().map(|c| c.spawn_watcher(Duration::from_millis(self.state.config.tls.reload_interval_ms)));
         let mut control_addr = None;
         let mut control_task = None;
@@ -110,7 +112,18 @@ impl Node {
             control_addr = listener.local_addr().ok();
             control_task = Some(crate::control::spawn(self.state.clone(), listener, tls, self.state.stop_tx.subscribe()).await);
         }
-        let task = tokio::spawn(crate::server::serve(self.state.clone(), self.listener, self.tls, stop_rx));
+        let mut accepting = Vec::new();
+        for (i, listener) in self.listeners.into_iter().enumerate() {
+            let (done, stopped) = tokio::sync::oneshot::channel();
+            crate::server::spawn_data_thread(i, self.state.clone(), listener, self.tls.clone(), done);
+            accepting.push(stopped);
+        }
+        // Ends when every data thread has stopped accepting.
+        let task = tokio::spawn(async move {
+            for stopped in accepting {
+                let _ = stopped.await;
+            }
+        });
         // Cluster state (SPEC section 8): registration and the policy watch, once the
         // listeners are bound so that the record holds their real addresses.
         let mut cluster_tasks = match &self.state.etcd {
@@ -122,7 +135,7 @@ impl Node {
         };
         cluster_tasks.push(spawn_expiry_warnings(self.state.clone()));
         cluster_tasks.push(crate::session::spawn_notifier(self.state.clone()));
-        tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, control = ?control_addr, "node serving");
+        tracing::info!(event = "node_started", node = %self.state.id, wss = %wss_addr, control = ?control_addr, data_threads, "node serving");
         NodeHandle { state: self.state, wss_addr, control_addr, task, control_task, watcher, cluster_tasks }
     }
 }

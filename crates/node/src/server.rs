@@ -1,8 +1,16 @@
-//! The WSS listener: accepts connections and hands each to the gate (`gate.rs`) in a
-//! task of its own. Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT`, so a dead
-//! peer is found even when nothing is being sent or when sent data is never acknowledged.
+//! The WSS listeners: accept connections and hand each to the gate (`gate.rs`) in a task
+//! of its own. Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT`, so a dead peer
+//! is found even when nothing is being sent or when sent data is never acknowledged.
+//!
+//! The data path runs thread per core: each data thread has a single-threaded runtime and
+//! a listener of its own on the WSS port (`SO_REUSEPORT`: the kernel spreads connections
+//! over them). A connection, its handshake and its session stay on the thread that
+//! accepted it, so a message crosses no thread and wakes no other worker; the control
+//! plane, etcd and telemetry keep the process's multi-threaded runtime.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -39,6 +47,71 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, tls: Option<Tls
     }
 }
 
+/// Binds the WSS port once per data thread. A plain bind comes first, so that a port in
+/// use (by another node, by any program) is refused as before rather than shared; the
+/// listeners then share the port it resolved (port 0 included) with `SO_REUSEPORT`.
+pub fn bind_listeners(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let probe = std::net::TcpListener::bind(addr)?;
+    if threads <= 1 {
+        probe.set_nonblocking(true)?;
+        return Ok(vec![probe]);
+    }
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..threads).map(|_| shared_listener(addr)).collect()
+}
+
+fn shared_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Starts a data thread serving `listener`; `done` is sent when it stops accepting. The
+/// thread then runs until the node has no connection left (its sessions live on it).
+/// Without a thread (the system refused one) the listener is served on the caller's runtime.
+pub fn spawn_data_thread(
+    i: usize,
+    state: Arc<NodeState>,
+    listener: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    let run = move || {
+        let stop = state.stop_tx.subscribe();
+        async move {
+            match TcpListener::from_std(listener) {
+                Ok(l) => serve(state.clone(), l, tls, stop).await,
+                Err(e) => tracing::error!(event = "listener_failed", error = %e, "a data thread cannot serve its listener"),
+            }
+            let _ = done.send(());
+            while state.open.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Taken by the thread, or by this caller when no thread could be started.
+    let job = Arc::new(std::sync::Mutex::new(Some(run)));
+    let for_thread = job.clone();
+    let spawned = std::thread::Builder::new().name(format!("palisade-data-{i}")).spawn(move || {
+        let Some(run) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(run()),
+            Err(e) => tracing::error!(event = "data_thread_failed", error = %e, "cannot start a data thread's runtime"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(event = "data_thread_failed", error = %e, "serving this listener on the shared runtime");
+        if let Some(run) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tokio::spawn(run());
+        }
+    }
+}
+
 /// No Nagle delay; keepalive and `TCP_USER_TIMEOUT` to find dead peers.
 pub fn socket_options(tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
@@ -51,6 +124,35 @@ pub fn socket_options(tcp: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_listeners_share_one_port_and_a_port_in_use_is_refused_not_shared() {
+        let ls = super::bind_listeners(([127, 0, 0, 1], 0).into(), 3).expect("bind");
+        assert_eq!(ls.len(), 3);
+        let addr = ls[0].local_addr().expect("addr");
+        assert!(addr.port() != 0 && ls.iter().all(|l| l.local_addr().ok() == Some(addr)));
+        // Another node (or any program) on the same port: refused, as with one listener.
+        let again = super::bind_listeners(addr, 3).expect_err("in use");
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(super::bind_listeners(addr, 1).expect_err("in use").kind(), std::io::ErrorKind::AddrInUse);
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = plain.local_addr().expect("addr");
+        assert_eq!(super::bind_listeners(taken, 2).expect_err("in use").kind(), std::io::ErrorKind::AddrInUse);
+        // Every listener of the group gets connections (the kernel hashes the 4-tuple).
+        let mut served = [0usize; 3];
+        let conns: Vec<_> = (0..60).map(|_| std::net::TcpStream::connect(addr).expect("connect")).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while served.iter().sum::<usize>() < conns.len() && std::time::Instant::now() < deadline {
+            for (i, l) in ls.iter().enumerate() {
+                while l.accept().is_ok() {
+                    served[i] += 1;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(served.iter().sum::<usize>(), conns.len(), "{served:?}");
+        assert!(served.iter().all(|&n| n > 0), "60 connections over 3 listeners: {served:?}");
+    }
+
     #[tokio::test]
     async fn accepted_sockets_get_keepalive_and_a_user_timeout() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -204,7 +204,7 @@ pub fn node_config(files: &DevFiles, i: usize, upstream: Option<&str>) -> NodeCo
     NodeConfig {
         id: Some(id),
         cluster: CLUSTER.into(),
-        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: Some(([127, 0, 0, 1], 0).into()) },
+        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: Some(([127, 0, 0, 1], 0).into()), data_threads: None },
         tls: TlsConfig {
             mode: TlsMode::Rustls,
             cert: Some(files.wss_cert.clone()),

@@ -11,7 +11,7 @@ pub fn node_config(pki: &Pki, policy_file: Option<PathBuf>) -> NodeConfig {
     NodeConfig {
         id: Some(format!("test-node-{}", rand_bytes::<4>().iter().map(|b| format!("{b:02x}")).collect::<String>())),
         cluster: TEST_CLUSTER.into(),
-        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None },
+        listen: Listen { wss: ([127, 0, 0, 1], 0).into(), control: None, data_threads: None },
         tls: TlsConfig {
             mode: TlsMode::Rustls,
             cert: Some(pki.cert_path.clone()),

@@ -5,6 +5,7 @@ use super::*;
 
 impl NodeConfig {
     /// `PALISADE_NODE_ID`, `PALISADE_CLUSTER`, `PALISADE_WSS_ADDR`, `PALISADE_CONTROL_ADDR`,
+    /// `PALISADE_DATA_THREADS`,
     /// `PALISADE_TLS_CERT`, `PALISADE_TLS_KEY`, `PALISADE_POLICY_FILE`,
     /// `PALISADE_TRUSTED_PROXIES` (comma-separated CIDRs), `PALISADE_ETCD_ENDPOINTS`
     /// (comma-separated; creates the `[etcd]` section with its defaults when missing).
@@ -20,6 +21,9 @@ impl NodeConfig {
         }
         if let Some(v) = get("PALISADE_CONTROL_ADDR") {
             self.listen.control = Some(v.parse().map_err(|_| field("PALISADE_CONTROL_ADDR", "not a socket address"))?);
+        }
+        if let Some(v) = get("PALISADE_DATA_THREADS") {
+            self.listen.data_threads = Some(v.trim().parse().map_err(|_| field("PALISADE_DATA_THREADS", "not a number"))?);
         }
         if let Some(v) = get("PALISADE_TLS_CERT") {
             self.tls.cert = Some(v.into());

@@ -57,3 +57,23 @@ fn etcd_endpoints_from_the_environment() {
     assert_eq!(e.lease_ttl_seconds, 10);
     assert!(cfg.apply_env(|k| (k == "PALISADE_ETCD_ENDPOINTS").then(|| " , ".to_owned())).is_err());
 }
+
+#[test]
+fn data_threads_default_to_the_cpus_and_are_bounded() {
+    let cfg = NodeConfig::from_toml(BASE).expect("parses");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(cfg.listen.data_threads(), cpus.min(MAX_DATA_THREADS));
+    let with = |line: &str| {
+        NodeConfig::from_toml(&BASE.replace("wss = \"127.0.0.1:8443\"", &format!("wss = \"127.0.0.1:8443\"\n{line}"))).expect("parses")
+    };
+    let cfg = with("data_threads = 3");
+    cfg.validate().expect("valid");
+    assert_eq!(cfg.listen.data_threads(), 3);
+    for bad in ["data_threads = 0", "data_threads = 257"] {
+        assert!(matches!(with(bad).validate(), Err(ConfigError::Field { field, .. }) if field == "listen.data_threads"), "{bad}");
+    }
+    let mut cfg = NodeConfig::from_toml(BASE).expect("parses");
+    cfg.apply_env(|k| (k == "PALISADE_DATA_THREADS").then(|| " 1 ".to_owned())).expect("env");
+    assert_eq!(cfg.listen.data_threads(), 1);
+    assert!(cfg.apply_env(|k| (k == "PALISADE_DATA_THREADS").then(|| "many".to_owned())).is_err());
+}
