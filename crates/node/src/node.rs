@@ -115,7 +115,8 @@ impl Node {
         let mut accepting = Vec::new();
         for (i, listener) in self.listeners.into_iter().enumerate() {
             let (done, stopped) = tokio::sync::oneshot::channel();
-            crate::server::spawn_data_thread(i, self.state.clone(), listener, self.tls.clone(), done);
+            let job = crate::server::data_thread(self.state.clone(), listener, self.tls.clone(), done);
+            crate::server::spawn_data_thread(i, job);
             accepting.push(stopped);
         }
         // Ends when every data thread has stopped accepting.

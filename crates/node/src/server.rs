@@ -10,11 +10,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::state::NodeState;
@@ -71,43 +70,41 @@ fn shared_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Starts a data thread serving `listener`; `done` is sent when it stops accepting. The
-/// thread then runs until the node has no connection left (its sessions live on it).
-/// Without a thread (the system refused one) the listener is served on the caller's runtime.
-pub fn spawn_data_thread(
-    i: usize,
-    state: Arc<NodeState>,
-    listener: std::net::TcpListener,
-    tls: Option<TlsAcceptor>,
-    done: tokio::sync::oneshot::Sender<()>,
-) {
-    let run = move || {
-        let stop = state.stop_tx.subscribe();
-        async move {
-            match TcpListener::from_std(listener) {
-                Ok(l) => serve(state.clone(), l, tls, stop).await,
-                Err(e) => tracing::error!(event = "listener_failed", error = %e, "a data thread cannot serve its listener"),
-            }
-            let _ = done.send(());
-            while state.open.load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    // Taken by the thread, or by this caller when no thread could be started.
-    let job = Arc::new(std::sync::Mutex::new(Some(run)));
-    let for_thread = job.clone();
+/// A data thread's job: serves `listener` until the node stops accepting (then sends
+/// `done`), and keeps the thread's runtime until the node has no open connection left,
+/// since the sessions it accepted live on it.
+pub async fn data_thread(state: Arc<NodeState>, listener: std::net::TcpListener, tls: Option<TlsAcceptor>, done: oneshot::Sender<()>) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => serve(state.clone(), l, tls, state.stop_tx.subscribe()).await,
+        Err(e) => tracing::error!(event = "listener_failed", error = %e, "a data thread cannot serve its listener"),
+    }
+    let _ = done.send(());
+    state.no_connection_left().await;
+}
+
+/// Runs `job` on a thread of its own with a current-thread runtime. When the system
+/// refuses the thread or its runtime, `job` runs on the caller's runtime instead.
+pub fn spawn_data_thread<F: Future<Output = ()> + Send + 'static>(i: usize, job: F) {
+    let shared = tokio::runtime::Handle::current();
+    // The job is handed over once the thread exists: a refused spawn leaves it here.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<F>(1);
     let spawned = std::thread::Builder::new().name(format!("palisade-data-{i}")).spawn(move || {
-        let Some(run) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Ok(job) = rx.recv() else { return };
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(run()),
-            Err(e) => tracing::error!(event = "data_thread_failed", error = %e, "cannot start a data thread's runtime"),
+            Ok(rt) => rt.block_on(job),
+            Err(e) => {
+                tracing::warn!(event = "data_thread_failed", error = %e, "serving this listener on the shared runtime");
+                shared.spawn(job);
+            }
         }
     });
-    if let Err(e) = spawned {
-        tracing::warn!(event = "data_thread_failed", error = %e, "serving this listener on the shared runtime");
-        if let Some(run) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            tokio::spawn(run());
+    match spawned {
+        Ok(_) => {
+            let _ = tx.send(job);
+        }
+        Err(e) => {
+            tracing::warn!(event = "data_thread_failed", error = %e, "serving this listener on the shared runtime");
+            tokio::spawn(job);
         }
     }
 }

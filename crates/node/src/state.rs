@@ -81,6 +81,8 @@ pub struct NodeState {
     pub(crate) user_slots: Arc<Slots<String>>,
     /// Open client connections, including those still in the handshake.
     pub(crate) open: AtomicU64,
+    /// Signalled when `open` falls to zero.
+    no_connections: tokio::sync::Notify,
     pub(crate) refusal_lane: Arc<Semaphore>,
     pub(crate) draining: AtomicBool,
     pub(crate) drain_tx: watch::Sender<bool>,
@@ -132,6 +134,7 @@ impl NodeState {
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
             open: AtomicU64::new(0),
+            no_connections: tokio::sync::Notify::new(),
             refusal_lane: Arc::new(Semaphore::new(config.refusal_lane)),
             draining: AtomicBool::new(false),
             drain_tx: watch::channel(false).0,
@@ -209,6 +212,20 @@ impl NodeState {
         !self.is_draining() && self.policy.load().is_some()
     }
 
+    /// Resolves once no client connection is open (at once when none is).
+    pub(crate) async fn no_connection_left(&self) {
+        loop {
+            let emptied = self.no_connections.notified();
+            tokio::pin!(emptied);
+            // Registered before the count is read: a drop in between is not missed.
+            emptied.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
     /// The handshake deadline: the policy's, or the default before any policy.
     pub fn handshake_timeout(&self) -> Duration {
         self.policy.load().map_or(Duration::from_secs(5), |p| p.limits.handshake_timeout)
@@ -227,6 +244,34 @@ impl OpenGuard {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.no_connections.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_wait_for_no_connection_ends_with_the_last_connection() {
+        let config = NodeConfig::from_toml(
+            "[listen]\nwss = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[routes]]\npath = \"/echo\"\necho = true\n",
+        )
+        .expect("config");
+        let state = NodeState::new(config).expect("state");
+        tokio::time::timeout(Duration::from_secs(1), state.no_connection_left()).await.expect("none open: at once");
+        let (a, b) = (OpenGuard::new(&state), OpenGuard::new(&state));
+        let waiter = tokio::spawn({
+            let state = state.clone();
+            async move { state.no_connection_left().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "one connection is still open");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken by the last close").expect("join");
     }
 }
