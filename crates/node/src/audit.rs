@@ -36,7 +36,7 @@ impl Attempt {
             span.as_ref().and_then(|s| palisade_plane::telemetry::ids(s.span_context())).unwrap_or_else(|| (new_trace_id(), String::new()));
         Attempt {
             started: Instant::now(),
-            conn_id: format!("{:016x}", rand::random::<u64>()),
+            conn_id: hex(u128::from(rand::random::<u64>()), 16),
             peer,
             client: None,
             origin: None,
@@ -76,7 +76,7 @@ impl Attempt {
             target: "palisade::audit",
             event = "handshake",
             node,
-            conn.id = %self.conn_id,
+            conn.id = self.conn_id.as_str(),
             client.address = %client,
             peer.address = %self.peer,
             origin = self.origin.as_deref().unwrap_or(""),
@@ -90,8 +90,8 @@ impl Attempt {
             reason,
             access_rule = self.access_rule.map(|i| i as u64),
             duration_us,
-            trace_id = %self.trace_id,
-            span_id = %self.span_id,
+            trace_id = self.trace_id.as_str(),
+            span_id = self.span_id.as_str(),
         );
         drop(current);
         if let Some(cx) = span {
@@ -128,8 +128,13 @@ impl Attempt {
 }
 
 fn new_trace_id() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
+    hex(rand::random(), 32)
+}
+
+/// The low `digits` hex digits of `v`, zero-padded (ids: no formatter on the hot path).
+fn hex(v: u128, digits: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..digits).rev().map(|i| char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize])).collect()
 }
 
 /// The handshake's event for `palisade events`: the audit record's fields, without the
@@ -158,5 +163,16 @@ pub fn handshake_event(
         duration_us,
         origin: a.origin.clone().unwrap_or_default(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_zero_padded_lower_hex() {
+        assert_eq!(super::hex(0xab, 16), "00000000000000ab");
+        assert_eq!(super::hex(u128::MAX, 32), "f".repeat(32));
+        assert_eq!(super::hex(0x1234_5678_9abc_def0, 16), format!("{:016x}", 0x1234_5678_9abc_def0u64));
+        assert_eq!(super::new_trace_id().len(), 32);
     }
 }

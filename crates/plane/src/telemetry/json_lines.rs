@@ -31,7 +31,7 @@ where
         SystemTime.format_time(&mut w)?;
         w.write_str("\",\"level\":\"")?;
         w.write_str(meta.level().as_str())?;
-        w.write_char('"')?;
+        w.write_str("\"")?;
         let mut fields = Fields { w: &mut w, from_log: normalized.is_some(), result: Ok(()) };
         event.record(&mut fields);
         fields.result?;
@@ -53,13 +53,20 @@ impl Fields<'_, '_> {
         if self.result.is_err() || (self.from_log && field.name().starts_with("log.")) {
             return false;
         }
-        self.result = self.w.write_char(',').and_then(|()| string(self.w, field.name())).and_then(|()| self.w.write_char(':'));
+        self.result = self.w.write_str(",\"").and_then(|()| Escaped(self.w).write_str(field.name())).and_then(|()| self.w.write_str("\":"));
         self.result.is_ok()
     }
 
     fn raw(&mut self, field: &Field, value: impl fmt::Display) {
         if self.key(field) {
             self.result = write!(self.w, "{value}");
+        }
+    }
+
+    /// Integers through `itoa`: no formatter, no padding logic.
+    fn integer(&mut self, field: &Field, value: impl itoa::Integer) {
+        if self.key(field) {
+            self.result = self.w.write_str(itoa::Buffer::new().format(value));
         }
     }
 }
@@ -73,22 +80,22 @@ impl Visit for Fields<'_, '_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if self.key(field) {
-            self.result = self.w.write_char('"').and_then(|()| write!(Escaped(self.w), "{value:?}")).and_then(|()| self.w.write_char('"'));
+            self.result = self.w.write_str("\"").and_then(|()| write!(Escaped(self.w), "{value:?}")).and_then(|()| self.w.write_str("\""));
         }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         if self.key(field) {
-            self.result = self.w.write_char('"').and_then(|()| write!(Escaped(self.w), "{value}")).and_then(|()| self.w.write_char('"'));
+            self.result = self.w.write_str("\"").and_then(|()| write!(Escaped(self.w), "{value}")).and_then(|()| self.w.write_str("\""));
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.raw(field, value);
+        self.integer(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.raw(field, value);
+        self.integer(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -107,9 +114,13 @@ impl Visit for Fields<'_, '_> {
 
 /// `s` as a JSON string, quotes included.
 fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
-    w.write_char('"')?;
+    w.write_str("\"")?;
     Escaped(w).write_str(s)?;
-    w.write_char('"')
+    w.write_str("\"")
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
 }
 
 /// Escapes what is written through it for the inside of a JSON string: runs of plain
@@ -119,6 +130,11 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let bytes = s.as_bytes();
+        // Most values need no escape: one pass without early exit (it vectorizes), then
+        // one copy.
+        if !bytes.iter().fold(false, |any, &b| any | needs_escape(b)) {
+            return self.0.write_str(s);
+        }
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             let escape: &str = match b {
