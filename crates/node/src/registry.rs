@@ -41,6 +41,9 @@ pub struct ConnCounters {
     pub buffered: AtomicU64,
     /// The most ever queued at once (a bounded-memory witness).
     pub buffered_peak: AtomicU64,
+    /// Commands sent to the session, counted before each is sent: the session polls its
+    /// channel (which takes the channel's lock) only while it has received fewer.
+    pub commands: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,13 @@ pub struct SessionInfo {
 struct Entry {
     info: SessionInfo,
     tx: flume::Sender<Command>,
+}
+
+impl Entry {
+    fn send(&self, cmd: Command) -> bool {
+        self.info.counters.commands.fetch_add(1, Ordering::Release);
+        self.tx.send(cmd).is_ok()
+    }
 }
 
 #[derive(Default)]
@@ -102,9 +112,9 @@ impl Registry {
     pub fn dispatch(&self, sel: &Selector, cmd: Command) -> usize {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Selector::Conn(c) = sel {
-            return map.get(c).map_or(0, |e| usize::from(e.tx.send(cmd).is_ok()));
+            return map.get(c).map_or(0, |e| usize::from(e.send(cmd)));
         }
-        map.values().filter(|e| Self::matches(sel, &e.info)).filter(|e| e.tx.send(cmd.clone()).is_ok()).count()
+        map.values().filter(|e| Self::matches(sel, &e.info)).filter(|e| e.send(cmd.clone())).count()
     }
 
     /// Matching sessions, sorted by connection id, from `after` (exclusive), at most `limit`.

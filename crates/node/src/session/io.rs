@@ -76,6 +76,9 @@ pub(super) struct Io<C, U> {
     discard_budget: usize,
     /// When the client last sent a frame (the idle timeout).
     pub(super) last_seen: Instant,
+    /// When the client's last read returned data, taken at its first frame: the frames
+    /// of one read share one clock read.
+    read_at: Option<Instant>,
     /// Boxed: most routes have none, and an idle session should not carry its room.
     pub(super) up: Option<Box<Upstream<U>>>,
     limits: Arc<Limits>,
@@ -92,6 +95,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
             reading: Reading::Open,
             discard_budget: DISCARD_BUDGET,
             last_seen: Instant::now(),
+            read_at: None,
             up,
             limits,
         }
@@ -143,7 +147,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
             let mut progress = false;
             if self.client_readable() {
                 match self.dec.poll_fill(&mut self.client, cx) {
-                    Poll::Ready(Ok(true)) => progress = true,
+                    Poll::Ready(Ok(true)) => {
+                        self.read_at = None;
+                        progress = true;
+                    }
                     Poll::Ready(_) => {
                         self.reading = Reading::Done;
                         return Poll::Ready(IoEvent::ClientGone);
@@ -178,7 +185,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
     }
 
     fn on_client_frame(&mut self, f: Frame) -> Option<Inbound> {
-        self.last_seen = Instant::now();
+        self.last_seen = *self.read_at.get_or_insert_with(Instant::now);
         match f.opcode {
             frames::OP_PING if !self.pings.take(self.limits.rate()) => Some(Inbound::PingFlood),
             frames::OP_PING => self.outbox.pong(Bytes::copy_from_slice(&f.payload)).err().map(|_| Inbound::SlowConsumer),

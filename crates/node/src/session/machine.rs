@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,11 @@ impl Session {
     pub(super) async fn run_loop(&mut self, ctl_rx: flume::Receiver<Command>) -> u16 {
         // Kept across waits: its waiter is registered once, not at every wait.
         let mut ctl = ctl_rx.stream();
+        // The channel is polled (it takes the channel's lock) only while a command was sent
+        // and not taken, or until a poll found it empty: that poll's waker is the one a
+        // later send wakes.
+        let mut commands = 0u64;
+        let mut ctl_armed = false;
         let mut draining = *self.state.drain_tx.borrow();
         let mut at = self.deadlines(draining);
         let timer = tokio::time::sleep_until(at.next(self.warned_for_exp));
@@ -100,8 +106,15 @@ impl Session {
                 // Operator commands (policy changes and drain among them) first, then the
                 // timer: neither is delayed by a busy client.
                 let wake = std::future::poll_fn(|cx| {
-                    if ctl_open && let Poll::Ready(cmd) = Pin::new(&mut ctl).poll_next(cx) {
-                        return Poll::Ready(Wake::Command(cmd));
+                    if ctl_open && (!ctl_armed || self.io.outbox.counters.commands.load(Ordering::Acquire) != commands) {
+                        match Pin::new(&mut ctl).poll_next(cx) {
+                            Poll::Ready(cmd) => {
+                                commands += 1;
+                                ctl_armed = false;
+                                return Poll::Ready(Wake::Command(cmd));
+                            }
+                            Poll::Pending => ctl_armed = true,
+                        }
                     }
                     if let Some(h) = &mut pending
                         && let Poll::Ready(r) = Pin::new(h).poll(cx)

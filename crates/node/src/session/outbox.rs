@@ -130,6 +130,15 @@ impl Wire {
                 if self.in_flight > 0 {
                     release(std::mem::take(&mut self.in_flight));
                 }
+                // One allocation for the batch rather than a chain of regrowths.
+                let mut want = 0;
+                for item in &self.queue {
+                    if want >= BATCH_BYTES {
+                        break;
+                    }
+                    want += item.cost() as usize + 4 * usize::from(self.masked);
+                }
+                self.buf.reserve(want);
                 while !self.closed
                     && self.buf.len() < BATCH_BYTES
                     && let Some(item) = self.queue.pop_front()
@@ -203,6 +212,10 @@ pub struct Outbox {
     /// Set on a 4013 close: queued data is skipped, the close frame goes next.
     discard: bool,
     subject: Arc<str>,
+    /// Messages and bytes queued since the last write, not yet in the node's counters
+    /// and the subject's egress: added once per write, not once per message (the node's
+    /// counters are shared by every data thread).
+    unflushed: (u64, u64),
 }
 
 #[derive(Debug)]
@@ -210,7 +223,7 @@ pub struct SlowConsumer;
 
 impl Outbox {
     pub(super) fn new(node: Arc<NodeState>, counters: Arc<ConnCounters>, limits: Arc<Limits>, subject: &str) -> Outbox {
-        Outbox { wire: Wire::new(false), counters, node, limits, discard: false, subject: Arc::from(subject) }
+        Outbox { wire: Wire::new(false), counters, node, limits, discard: false, subject: Arc::from(subject), unflushed: (0, 0) }
     }
 
     /// Accounts `o` and queues it; over `max_buffered_bytes` it is refused (unless
@@ -235,10 +248,21 @@ impl Outbox {
         self.queue(Out::Data { binary, data }, false)?;
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.node.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.node.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.account_egress(n);
+        self.unflushed.0 += 1;
+        self.unflushed.1 += n;
         Ok(())
+    }
+
+    /// The node's counters and the subject's egress, for what was queued since the last
+    /// call (before each write, and when the session ends).
+    fn flush_accounting(&mut self) {
+        let (messages, bytes) = std::mem::take(&mut self.unflushed);
+        if messages == 0 {
+            return;
+        }
+        self.node.counters.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.node.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        self.account_egress(bytes);
     }
 
     /// The answer to a client Ping.
@@ -262,6 +286,7 @@ impl Outbox {
     /// Writes what is queued to the client, releasing the accounting of what leaves the
     /// queue.
     pub(super) fn poll_drain<W: AsyncWrite + Unpin>(&mut self, w: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.flush_accounting();
         let counters = &self.counters;
         let discard = self.discard;
         self.wire.poll_drain(
@@ -277,7 +302,7 @@ impl Outbox {
     /// Per-subject egress: one alert per window, and the subject's sessions closed with
     /// 4003 when the policy says `action: disconnect`.
     fn account_egress(&self, n: u64) {
-        // Per message: read the two settings without taking a reference on the policy.
+        // Per write: read the two settings without taking a reference on the policy.
         let Some((threshold, action)) = self.node.policy.with(|p| p.map(|p| (p.egress_alert_bytes_per_minute, p.egress_action))) else {
             return;
         };
@@ -307,6 +332,12 @@ impl Outbox {
                 );
             }
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.flush_accounting();
     }
 }
 

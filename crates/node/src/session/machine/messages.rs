@@ -2,7 +2,6 @@
 //! messages and refreshes (verified off the loop), and what goes to the upstream.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
 use palisade_policy::control_msg::{self, ControlMessage};
@@ -11,9 +10,10 @@ use palisade_policy::{Claims, TokenError};
 use super::*;
 
 impl Session {
+    /// One message's token, at the time its frame was read.
     fn take_token(&mut self) -> bool {
         let rate = self.policy.limits.messages.rate;
-        let now = Instant::now();
+        let now = self.io.last_seen.max(self.last_refill);
         let elapsed = now.duration_since(self.last_refill).as_secs_f64();
         self.last_refill = now;
         self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst as f64);
