@@ -217,7 +217,8 @@ impl Decoder {
         // other frames (or sits in a much larger buffer) is copied, so that a queued
         // message never keeps more memory alive than the bytes it is accounted for.
         let payload = if total == self.buf.len() && self.buf.capacity() <= 2 * total + 64 {
-            let mut frame = self.buf.split_to(total);
+            // The whole buffer: taken as it is (a split would first make it shared).
+            let mut frame = std::mem::take(&mut self.buf);
             frame.advance(h.header_len);
             if self.masked {
                 unmask(&mut frame, h.mask);

@@ -235,9 +235,11 @@ impl Outbox {
             return Err(SlowConsumer);
         }
         if self.wire.push(o).is_ok() {
-            // Only this task changes it; others read it (`connections`).
+            // Only this task changes them; others read them (`connections`).
             self.counters.buffered.store(before + n, Ordering::Relaxed);
-            self.counters.buffered_peak.fetch_max(before + n, Ordering::Relaxed);
+            if before + n > self.counters.buffered_peak.load(Ordering::Relaxed) {
+                self.counters.buffered_peak.store(before + n, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
