@@ -191,11 +191,20 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
         .expect_err("bad code");
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    // Stats and the stats stream.
+    // Stats and the stats stream. One echoed message moves the node's counters by one
+    // message and its byte each way, by the time the echo is at the client.
+    let before = c.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner();
     d.send(Message::Text("x".into())).await.expect("send");
     assert!(next_data(&mut d).await.is_some());
     let s = c.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner();
     assert!(s.handshakes_accepted >= 4 && s.messages_in >= 1 && s.ready && !s.draining);
+    let moved = (
+        s.messages_in - before.messages_in,
+        s.messages_out - before.messages_out,
+        s.bytes_in - before.bytes_in,
+        s.bytes_out - before.bytes_out,
+    );
+    assert_eq!(moved, (1, 1, 1, 1), "messages in, out, bytes in, out");
     let mut stream = c.watch_stats(pb::WatchStatsRequest { interval_ms: 100 }).await.expect("watch").into_inner();
     let first = stream.next().await.expect("item").expect("ok");
     let second = stream.next().await.expect("item").expect("ok");

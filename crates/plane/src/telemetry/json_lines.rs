@@ -137,14 +137,16 @@ impl fmt::Write for Escaped<'_, '_> {
         }
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
+            if !needs_escape(b) {
+                continue;
+            }
             let escape: &str = match b {
                 b'"' => "\\\"",
                 b'\\' => "\\\\",
                 b'\n' => "\\n",
                 b'\r' => "\\r",
                 b'\t' => "\\t",
-                0..=0x1f | 0x7f => "",
-                _ => continue,
+                _ => "",
             };
             // Every byte matched above is ASCII, so these slices fall on char boundaries.
             self.0.write_str(&s[start..i])?;
