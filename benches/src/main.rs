@@ -26,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Every data-path bar of SPEC section 12 and every peer in one run (within 15 minutes
+    /// here): each scenario in turn, then one table of them all.
+    Bars(scenario::bars::BarsArgs),
     /// Server CPU per accepted WSS handshake (TLS 1.3, ECDSA P-256, ES256 JWT, Origin, limits).
     Handshake(HandshakeArgs),
     /// Server CPU per echoed message in an authenticated session.
@@ -151,6 +154,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::BareServer(a) => bare::run(a),
+        Cmd::Bars(a) => scenario::bars::run(a),
         Cmd::Handshake(a) => with_runtime(|| scenario::handshake::run(a)),
         Cmd::Echo(a) => with_runtime(|| scenario::echo::run(a)),
         Cmd::Memory(a) => with_runtime(|| scenario::memory::run(a)),

@@ -1,5 +1,6 @@
 //! What the scenarios share: the fixture, the client, and starting the servers.
 
+pub mod bars;
 pub mod bridge;
 pub mod echo;
 pub mod fleet;
