@@ -468,9 +468,16 @@ async fn dev_files_the_wss_certificate_cannot_disconnect_the_fleet_the_operator_
     let rec: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
     assert_eq!(rec["identity"], "none", "{rec}");
     assert_eq!(rec["reason"], "no role for this cluster", "{rec}");
-    assert!(dev.lines.lock().expect("lock").iter().any(|l| l.contains("control_refused")
-        && l.contains("/palisade.controller.v1.FleetControl/Disconnect")
-        && l.contains(&Role::Controller.uri("dev"))));
+    // Each refusal has its line; the controller certificate's may come after the first
+    // one found (log lines are written in batches).
+    let controller_uri = Role::Controller.uri("dev");
+    palisade_testkit::eventually(Duration::from_secs(10), "the controller certificate's refusal logged", || {
+        let found = dev.lines.lock().expect("lock").iter().any(|l| {
+            l.contains("control_refused") && l.contains("/palisade.controller.v1.FleetControl/Disconnect") && l.contains(&controller_uri)
+        });
+        std::future::ready(found.then_some(()))
+    })
+    .await;
     // The session is still open.
     ws.send(Message::Text("ping".into())).await.expect("send");
     assert_eq!(next_data(&mut ws).await, Some(Message::Text("ping".into())));

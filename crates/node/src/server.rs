@@ -25,6 +25,8 @@ const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(30), Duration:
 /// How long sent data may stay unacknowledged before the kernel drops the connection.
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Serves `listener`, which comes from [`bind_listeners`] (on Linux it carries the options
+/// its accepted sockets inherit).
 pub async fn serve(state: Arc<NodeState>, listener: TcpListener, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
