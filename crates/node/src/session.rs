@@ -106,7 +106,7 @@ pub fn run(
     let limits = Arc::new(Limits::new(&policy));
     let outbox = Outbox::new(state.clone(), counters.clone(), limits.clone(), &acc.claims.sub);
     let up = upstream.map(|link| Box::new(io::Upstream::new(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover))));
-    let io = io::Io::new(stream, outbox, limits.clone(), policy.limits.messages.rate.burst, up);
+    let io = io::Io::new(stream, outbox, policy.limits.messages.rate.burst, up);
     let mut s = machine::Session {
         state,
         tokens: policy.limits.messages.rate.burst as f64,
@@ -125,6 +125,7 @@ pub fn run(
     async move {
         let _open = &open;
         let code = s.run_loop(ctl_rx).await;
+        s.io.outbox.flush_accounting();
         let state = &s.state;
         let conn_id = &s.conn_id;
         state.registry.remove(conn_id);

@@ -173,6 +173,13 @@ pub struct Decoder {
     buf: BytesMut,
     /// Client frames (masked) or server frames (the upstream's, unmasked).
     masked: bool,
+    /// Payloads may share a small read buffer ([`SHARED_READ_MAX`]) instead of being
+    /// copied: set for frames bound for the upstream, whose queue is bounded in count
+    /// ([`super::io::UPSTREAM_QUEUE`]), never for the client's byte-accounted outbox.
+    share: bool,
+    /// The read buffer grew past [`SHARED_READ_MAX`] since it was last empty: its frames
+    /// are copied.
+    big: bool,
     /// Bytes the frame being read needs in all, once its header is known.
     need: usize,
 }
@@ -181,18 +188,28 @@ const STACK_READ: usize = 2048;
 /// Bytes read into the buffer at most at once.
 const MAX_READ: usize = 64 * 1024;
 
+/// The largest read buffer that frames may share (a queued frame keeps at most this
+/// much alive beyond its own bytes).
+pub const SHARED_READ_MAX: usize = 4096;
+
 /// Bytes of client frames read and dropped after the node failed the connection.
 pub const DISCARD_BUDGET: usize = 64 * 1024;
 
 impl Decoder {
     /// For frames from a client.
     pub fn client() -> Self {
-        Decoder { buf: BytesMut::new(), masked: true, need: 2 }
+        Decoder { buf: BytesMut::new(), masked: true, share: false, big: false, need: 2 }
+    }
+
+    /// For client frames that all go to the upstream: payloads of one small read share
+    /// its buffer.
+    pub fn client_to_upstream() -> Self {
+        Decoder { share: true, ..Decoder::client() }
     }
 
     /// For frames from a server (the upstream).
     pub fn server() -> Self {
-        Decoder { buf: BytesMut::new(), masked: false, need: 2 }
+        Decoder { buf: BytesMut::new(), masked: false, share: false, big: false, need: 2 }
     }
 
     /// Bytes held by the read buffer.
@@ -215,10 +232,22 @@ impl Decoder {
         self.need = 2;
         // A payload that owns its buffer is handed on as is; one that shares a read with
         // other frames (or sits in a much larger buffer) is copied, so that a queued
-        // message never keeps more memory alive than the bytes it is accounted for.
+        // message never keeps more memory alive than the bytes it is accounted for. Frames
+        // bound for the upstream (`share`) are views of a small read buffer instead: that
+        // queue is bounded in count, and each frame in it keeps at most SHARED_READ_MAX
+        // alive beyond its own bytes.
         let payload = if total == self.buf.len() && self.buf.capacity() <= 2 * total + 64 {
             // The whole buffer: taken as it is (a split would first make it shared).
             let mut frame = std::mem::take(&mut self.buf);
+            self.big = false;
+            frame.advance(h.header_len);
+            if self.masked {
+                unmask(&mut frame, h.mask);
+            }
+            frame.freeze()
+        } else if self.share && !self.big {
+            // A view of the read buffer, which the frames of this read share.
+            let mut frame = self.buf.split_to(total);
             frame.advance(h.header_len);
             if self.masked {
                 unmask(&mut frame, h.mask);
@@ -235,6 +264,7 @@ impl Decoder {
         if self.buf.is_empty() {
             // Give the buffer back between frames.
             self.buf = BytesMut::new();
+            self.big = false;
         }
         Ok(Some(Frame { fin: h.fin, opcode: h.opcode, payload }))
     }
@@ -252,6 +282,7 @@ impl Decoder {
             let polled = Pin::new(rd).poll_read(cx, &mut rb);
             let n = rb.filled().len();
             self.buf.truncate(before + n);
+            self.big |= self.buf.capacity() > SHARED_READ_MAX;
             ready!(polled)?;
             return Poll::Ready(Ok(n > 0));
         }
@@ -259,6 +290,7 @@ impl Decoder {
         let mut rb = ReadBuf::new(&mut tmp);
         ready!(Pin::new(rd).poll_read(cx, &mut rb))?;
         self.buf.extend_from_slice(rb.filled());
+        self.big |= self.buf.capacity() > SHARED_READ_MAX;
         Poll::Ready(Ok(!rb.filled().is_empty()))
     }
 
@@ -308,78 +340,8 @@ pub enum ReadError {
     Io,
 }
 
-/// Reassembles data frames into messages, at most `limit` bytes each.
-#[derive(Default)]
-pub struct Assembler {
-    partial: Option<Partial>,
-}
-
-/// A fragmented message being reassembled.
-struct Partial {
-    binary: bool,
-    buf: BytesMut,
-    /// Bytes already known to be UTF-8 (text), so each fragment is checked once.
-    valid_up_to: usize,
-}
-
-impl Partial {
-    /// Whether the text so far can still be UTF-8: only an incomplete sequence at the end
-    /// is allowed, and not at all once `fin`.
-    fn utf8_so_far(&mut self, fin: bool) -> bool {
-        match std::str::from_utf8(&self.buf[self.valid_up_to..]) {
-            Ok(_) => {
-                self.valid_up_to = self.buf.len();
-                true
-            }
-            Err(e) if e.error_len().is_none() && !fin => {
-                self.valid_up_to += e.valid_up_to();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
-impl Assembler {
-    /// Feeds a data frame (text, binary or continuation). `Ok(None)`: more fragments to
-    /// come. `Err` ends the connection with the event it carries.
-    pub fn push(&mut self, fin: bool, opcode: u8, payload: Bytes, limit: usize) -> Result<Option<Inbound>, Inbound> {
-        match (opcode, self.partial.take()) {
-            (OP_TEXT | OP_BINARY, None) => {
-                let binary = opcode == OP_BINARY;
-                if fin {
-                    if !binary && std::str::from_utf8(&payload).is_err() {
-                        return Err(Inbound::InvalidUtf8);
-                    }
-                    return Ok(Some(Inbound::Message { binary, data: payload }));
-                }
-                let mut p = Partial { binary, buf: BytesMut::from(&payload[..]), valid_up_to: 0 };
-                if !binary && !p.utf8_so_far(false) {
-                    return Err(Inbound::InvalidUtf8);
-                }
-                self.partial = Some(p);
-                Ok(None)
-            }
-            (OP_CONTINUATION, Some(mut p)) => {
-                if p.buf.len() + payload.len() > limit {
-                    return Err(Inbound::TooBig);
-                }
-                p.buf.extend_from_slice(&payload);
-                if !p.binary && !p.utf8_so_far(fin) {
-                    return Err(Inbound::InvalidUtf8);
-                }
-                if !fin {
-                    self.partial = Some(p);
-                    return Ok(None);
-                }
-                Ok(Some(Inbound::Message { binary: p.binary, data: p.buf.freeze() }))
-            }
-            // A continuation with nothing to continue, or a new message inside a
-            // fragmented one.
-            _ => Err(Inbound::Invalid),
-        }
-    }
-}
+mod assembler;
+pub use assembler::Assembler;
 
 #[cfg(test)]
 mod tests;

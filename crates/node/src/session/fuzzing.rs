@@ -54,9 +54,8 @@ impl<R: Unpin> AsyncWrite for NeverReads<R> {
 /// for the client.
 pub async fn client_reader<R: AsyncRead + Unpin>(state: Arc<NodeState>, policy: &CompiledPolicy, rd: R) -> (Vec<Inbound>, Vec<Queued>) {
     let limits = Arc::new(Limits::new(policy));
-    let outbox = Outbox::new(state, Arc::new(ConnCounters::default()), limits.clone(), "fuzz");
-    let mut io: Io<NeverReads<R>, tokio::io::DuplexStream> =
-        Io::new(NeverReads(rd), outbox, limits, policy.limits.messages.rate.burst, None);
+    let outbox = Outbox::new(state, Arc::new(ConnCounters::default()), limits, "fuzz");
+    let mut io: Io<NeverReads<R>, tokio::io::DuplexStream> = Io::new(NeverReads(rd), outbox, policy.limits.messages.rate.burst, None);
     let mut events = Vec::new();
     while let IoEvent::Client(ev) = std::future::poll_fn(|cx| io.poll_event(cx)).await {
         let last = !matches!(ev, Inbound::Message { .. });

@@ -10,7 +10,6 @@
 //! stays full for [`UPSTREAM_SEND_TIMEOUT`] the session fails.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{self, Assembler, DISCARD_BUDGET, Decoder, Frame, FrameError, Inbound, parse_close};
-use super::limits::{Limits, PingBucket};
+use super::limits::PingBucket;
 use super::outbox::{Out, Outbox, Wire};
 
 /// Frames queued for the upstream before the client is read no more.
@@ -81,14 +80,14 @@ pub(super) struct Io<C, U> {
     read_at: Option<Instant>,
     /// Boxed: most routes have none, and an idle session should not carry its room.
     pub(super) up: Option<Box<Upstream<U>>>,
-    limits: Arc<Limits>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C, U> {
-    pub(super) fn new(client: C, outbox: Outbox, limits: Arc<Limits>, burst: u64, up: Option<Box<Upstream<U>>>) -> Self {
+    /// The session's limits are the outbox's (one reference per session).
+    pub(super) fn new(client: C, outbox: Outbox, burst: u64, up: Option<Box<Upstream<U>>>) -> Self {
         Io {
             client,
-            dec: Decoder::client(),
+            dec: if up.is_some() { Decoder::client_to_upstream() } else { Decoder::client() },
             outbox,
             assembler: Assembler::default(),
             pings: PingBucket { tokens: burst as f64, at: Instant::now() },
@@ -97,7 +96,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
             last_seen: Instant::now(),
             read_at: None,
             up,
-            limits,
         }
     }
 
@@ -115,7 +113,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
         loop {
             // Frames already read first: no socket is polled while one is there.
             while self.client_readable() {
-                match self.dec.try_frame(self.limits.max_message_bytes()) {
+                match self.dec.try_frame(self.outbox.limits.max_message_bytes()) {
                     Ok(Some(f)) => {
                         if let Some(ev) = self.on_client_frame(f) {
                             return Poll::Ready(self.report(ev));
@@ -187,7 +185,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
     fn on_client_frame(&mut self, f: Frame) -> Option<Inbound> {
         self.last_seen = *self.read_at.get_or_insert_with(Instant::now);
         match f.opcode {
-            frames::OP_PING if !self.pings.take(self.limits.rate()) => Some(Inbound::PingFlood),
+            frames::OP_PING if !self.pings.take(self.outbox.limits.rate()) => Some(Inbound::PingFlood),
             frames::OP_PING => self.outbox.pong(Bytes::copy_from_slice(&f.payload)).err().map(|_| Inbound::SlowConsumer),
             frames::OP_PONG => None,
             frames::OP_CLOSE => {
@@ -201,7 +199,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
                     Err(ev) => ev,
                 })
             }
-            op => match self.assembler.push(f.fin, op, f.payload, self.limits.max_message_bytes()) {
+            op => match self.assembler.push(f.fin, op, f.payload, self.outbox.limits.max_message_bytes()) {
                 Ok(m) => m,
                 Err(ev) => Some(ev),
             },
@@ -213,7 +211,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
         let u = self.up.as_mut().filter(|u| !u.failed)?;
         // A message from the upstream must fit the client's outgoing buffer, frame header
         // included (at most 14 bytes).
-        let limit = usize::try_from(self.limits.max_buffered_bytes()).unwrap_or(usize::MAX).saturating_sub(14);
+        let limit = usize::try_from(self.outbox.limits.max_buffered_bytes()).unwrap_or(usize::MAX).saturating_sub(14);
         loop {
             let f = match u.dec.try_frame(limit) {
                 Ok(Some(f)) => f,
@@ -247,6 +245,13 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
                 }
                 op => match u.assembler.push(f.fin, op, f.payload, limit) {
                     Ok(None) => {}
+                    // The upstream's messages go to the client as they are: queued here,
+                    // without a turn of the session loop each.
+                    Ok(Some(Inbound::Message { binary, data })) => {
+                        if self.outbox.data(binary, data).is_err() {
+                            return Some(self.report(Inbound::SlowConsumer));
+                        }
+                    }
                     Ok(Some(m)) => return Some(IoEvent::Upstream(m)),
                     Err(ev) => {
                         u.failed = true;
@@ -287,7 +292,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
             _ => true,
         };
         while self.reading != Reading::Done {
-            let max = self.limits.max_message_bytes().min(self.discard_budget);
+            let max = self.outbox.limits.max_message_bytes().min(self.discard_budget);
             match self.dec.try_frame(max) {
                 Ok(Some(f)) if f.opcode != frames::OP_CLOSE && f.payload.len() + 2 <= self.discard_budget => {
                     self.discard_budget -= f.payload.len() + 2;

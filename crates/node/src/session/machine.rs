@@ -28,6 +28,9 @@ use crate::upstream::PrefixedUpstream;
 
 /// Repeated schema violations before the session is closed with 1008.
 pub(super) const SCHEMA_VIOLATIONS_BEFORE_CLOSE: u32 = 3;
+/// Events served at most between two polls of the session's timer (a poll registers
+/// its waker; between polls its expiry is read from its state).
+const TIMER_POLL_EVENTS: u32 = 64;
 /// Timers further away than this are treated as "never" (a token `exp` far in the future
 /// must not overflow the clock).
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -93,6 +96,8 @@ impl Session {
         let timer = tokio::time::sleep_until(at.next(self.warned_for_exp));
         tokio::pin!(timer);
         let mut pending: Option<Refresh> = None;
+        // Events served since the timer was last polled (its first poll registers it).
+        let mut events_since_timer = TIMER_POLL_EVENTS;
         let mut ctl_open = true;
         let mut generation = self.state.policy.generation();
         // A policy swapped between the handshake and the registration (a revocation, new
@@ -121,8 +126,18 @@ impl Session {
                     {
                         return Poll::Ready(Wake::Refreshed(r.ok()));
                     }
-                    if timer.as_mut().poll(cx).is_ready() {
+                    // The timer is polled (its waker registered) before the task waits and
+                    // at least every TIMER_POLL_EVENTS events; in between, whether the
+                    // driver fired it is one atomic load.
+                    if timer.is_elapsed() {
                         return Poll::Ready(Wake::Timer);
+                    }
+                    events_since_timer += 1;
+                    if events_since_timer >= TIMER_POLL_EVENTS {
+                        events_since_timer = 0;
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Timer);
+                        }
                     }
                     // A push is applied before the next frame is judged, without waiting
                     // for the notifier's command (which still wakes an idle session).
@@ -131,7 +146,13 @@ impl Session {
                         generation = g;
                         return Poll::Ready(Wake::Command(Some(Command::PolicyChanged)));
                     }
-                    self.io.poll_event(cx).map(Wake::Io)
+                    match self.io.poll_event(cx) {
+                        Poll::Ready(ev) => Poll::Ready(Wake::Io(ev)),
+                        Poll::Pending => {
+                            events_since_timer = 0;
+                            if timer.as_mut().poll(cx).is_ready() { Poll::Ready(Wake::Timer) } else { Poll::Pending }
+                        }
+                    }
                 })
                 .await;
                 match wake {

@@ -17,11 +17,11 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use rand::Rng as _;
 use tokio::io::AsyncWrite;
 
 use super::Limits;
 use super::close;
-use super::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, unmask};
 use crate::registry::{Command, ConnCounters};
 use crate::state::NodeState;
 
@@ -139,6 +139,9 @@ impl Wire {
                     want += item.cost() as usize + 4 * usize::from(self.masked);
                 }
                 self.buf.reserve(want);
+                // The masking key of a client frame must be unpredictable (RFC 6455
+                // section 10.3): each one from the thread's CSPRNG, taken once per batch.
+                let mut rng = self.masked.then(rand::rng);
                 while !self.closed
                     && self.buf.len() < BATCH_BYTES
                     && let Some(item) = self.queue.pop_front()
@@ -146,7 +149,8 @@ impl Wire {
                     if skip(&item) {
                         release(item.cost());
                     } else {
-                        self.closed = encode_out(&mut self.buf, &item, self.masked);
+                        let mask = rng.as_mut().map(|r| r.random::<[u8; 4]>());
+                        self.closed = encode_out(&mut self.buf, &item, mask);
                         self.in_flight += item.cost();
                     }
                 }
@@ -208,7 +212,7 @@ pub struct Outbox {
     pub(super) wire: Wire,
     pub(super) counters: Arc<ConnCounters>,
     node: Arc<NodeState>,
-    limits: Arc<Limits>,
+    pub(super) limits: Arc<Limits>,
     /// Set on a 4013 close: queued data is skipped, the close frame goes next.
     discard: bool,
     subject: Arc<str>,
@@ -216,6 +220,9 @@ pub struct Outbox {
     /// and the subject's egress: added once per write, not once per message (the node's
     /// counters are shared by every data thread).
     unflushed: (u64, u64),
+    /// Messages and bytes received from the client, not yet in the node's counters (a
+    /// read's worth at most: they are added before each write).
+    unflushed_in: (u32, u32),
 }
 
 #[derive(Debug)]
@@ -223,7 +230,16 @@ pub struct SlowConsumer;
 
 impl Outbox {
     pub(super) fn new(node: Arc<NodeState>, counters: Arc<ConnCounters>, limits: Arc<Limits>, subject: &str) -> Outbox {
-        Outbox { wire: Wire::new(false), counters, node, limits, discard: false, subject: Arc::from(subject), unflushed: (0, 0) }
+        Outbox {
+            wire: Wire::new(false),
+            counters,
+            node,
+            limits,
+            discard: false,
+            subject: Arc::from(subject),
+            unflushed: (0, 0),
+            unflushed_in: (0, 0),
+        }
     }
 
     /// Accounts `o` and queues it; over `max_buffered_bytes` it is refused (unless
@@ -248,20 +264,40 @@ impl Outbox {
     pub fn data(&mut self, binary: bool, data: Bytes) -> Result<(), SlowConsumer> {
         let n = data.len() as u64;
         self.queue(Out::Data { binary, data }, false)?;
-        self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
         self.unflushed.0 += 1;
         self.unflushed.1 += n;
         Ok(())
     }
 
-    /// The node's counters and the subject's egress, for what was queued since the last
-    /// call (before each write, and when the session ends).
-    fn flush_accounting(&mut self) {
+    /// Counts a message received from the client toward the session's and the node's
+    /// counters (at the next [`Outbox::flush_accounting`]: the session polls its writes
+    /// after every read).
+    pub(super) fn received(&mut self, bytes: usize) {
+        if self.unflushed_in.1 as usize + bytes > u32::MAX as usize {
+            self.flush_accounting();
+        }
+        self.unflushed_in.0 += 1;
+        self.unflushed_in.1 += bytes as u32;
+    }
+
+    /// The session's and the node's counters and the subject's egress, for what was
+    /// received and queued since the last call (before each write, and when the session
+    /// ends): once per read or write, not once per message.
+    pub(super) fn flush_accounting(&mut self) {
+        let (messages, bytes) = std::mem::take(&mut self.unflushed_in);
+        if messages > 0 {
+            let (messages, bytes) = (u64::from(messages), u64::from(bytes));
+            self.counters.messages_in.fetch_add(messages, Ordering::Relaxed);
+            self.counters.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+            self.node.counters.messages_in.fetch_add(messages, Ordering::Relaxed);
+            self.node.counters.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        }
         let (messages, bytes) = std::mem::take(&mut self.unflushed);
         if messages == 0 {
             return;
         }
+        self.counters.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         self.node.counters.messages_out.fetch_add(messages, Ordering::Relaxed);
         self.node.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         self.account_egress(bytes);
@@ -343,63 +379,9 @@ impl Drop for Outbox {
     }
 }
 
-/// A close reason fits in a control frame (123 bytes), cut on a character boundary.
-pub fn truncate_reason(r: &str) -> &str {
-    let mut end = r.len().min(123);
-    while !r.is_char_boundary(end) {
-        end -= 1;
-    }
-    &r[..end]
-}
-
-/// Appends one frame to `out`, masked with `mask` when it is a client's (RFC 6455
-/// section 5.3).
-fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-    out.push(0x80 | opcode);
-    let bit = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(bit | n as u8),
-        n @ 126..=65535 => {
-            out.push(bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        None => out.extend_from_slice(payload),
-        Some(m) => {
-            out.extend_from_slice(&m);
-            let start = out.len();
-            out.extend_from_slice(payload);
-            unmask(&mut out[start..], m);
-        }
-    }
-}
-
-/// Encodes `item`; true for a close frame (the last one).
-fn encode_out(out: &mut Vec<u8>, item: &Out, masked: bool) -> bool {
-    // The masking key of a client frame must be unpredictable (RFC 6455 section 10.3).
-    let mask = masked.then(rand::random::<[u8; 4]>);
-    match item {
-        Out::Data { binary, data } => encode_frame(out, if *binary { OP_BINARY } else { OP_TEXT }, data, mask),
-        Out::Ping => encode_frame(out, OP_PING, b"", mask),
-        Out::Pong(p) => encode_frame(out, OP_PONG, p, mask),
-        Out::Close { code, reason } => {
-            if *code == close::NO_STATUS {
-                encode_frame(out, OP_CLOSE, b"", mask);
-            } else {
-                let mut p = code.to_be_bytes().to_vec();
-                p.extend_from_slice(truncate_reason(reason).as_bytes());
-                encode_frame(out, OP_CLOSE, &p, mask);
-            }
-            return true;
-        }
-    }
-    false
-}
+mod encode;
+use encode::encode_out;
+pub use encode::truncate_reason;
 
 /// Frames encoded per batch at most (one write and one flush per batch).
 const BATCH_BYTES: usize = 64 * 1024;

@@ -163,3 +163,35 @@ fn server_frames_must_not_be_masked() {
     assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 300));
     assert_eq!(dec.capacity(), 0, "the read buffer is released once consumed");
 }
+
+#[test]
+fn frames_bound_for_the_upstream_share_only_a_small_read() {
+    let mut small = frame(0x81, b"one", true);
+    small.extend(frame(0x81, b"two", true));
+    let mut dec = Decoder::client_to_upstream();
+    dec.buf.extend_from_slice(&small);
+    let first = dec.try_frame(1024).expect("ok").expect("frame");
+    let second = dec.try_frame(1024).expect("ok").expect("frame");
+    assert_eq!((&first.payload[..], &second.payload[..]), (&b"one"[..], &b"two"[..]), "unmasked in place");
+    assert!(first.payload.try_into_mut().is_err(), "a view of the shared read, not a copy");
+    assert_eq!(dec.capacity(), 0, "the read buffer is released once consumed");
+
+    // A read buffer that grew past SHARED_READ_MAX is never shared: its frames are copies.
+    let mut big = frame(0x81, b"tiny", true);
+    big.extend(frame(0x82, &[5; SHARED_READ_MAX], true));
+    let mut r = FrameReader { rd: &big[..], dec: Decoder::client_to_upstream() };
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    while r.dec.buf.len() < big.len() {
+        assert!(matches!(r.dec.poll_fill(&mut r.rd, &mut cx), Poll::Ready(Ok(true))));
+    }
+    let tiny = r.dec.try_frame(1 << 20).expect("ok").expect("frame");
+    assert_eq!(&tiny.payload[..], b"tiny");
+    assert!(tiny.payload.try_into_mut().is_ok(), "an allocation of its own");
+
+    // Frames for the client's outbox are never views.
+    let mut dec = Decoder::client();
+    dec.buf.extend_from_slice(&small);
+    let first = dec.try_frame(1024).expect("ok").expect("frame");
+    assert!(first.payload.try_into_mut().is_ok(), "an allocation of its own");
+}

@@ -1,8 +1,6 @@
 //! Messages from the client: the size, rate, type and schema rules, in-band control
 //! messages and refreshes (verified off the loop), and what goes to the upstream.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use palisade_policy::control_msg::{self, ControlMessage};
 use palisade_policy::{Claims, TokenError};
@@ -26,12 +24,8 @@ impl Session {
     }
 
     pub(super) fn on_message(&mut self, binary: bool, data: Bytes, pending: &mut Option<Refresh>) -> Flow {
-        let n = data.len() as u64;
-        let node = &self.state.counters;
-        node.messages_in.fetch_add(1, Ordering::Relaxed);
-        node.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.io.outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.io.outbox.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+        // Counted once per read, not per message (`Outbox::received`).
+        self.io.outbox.received(data.len());
         if data.len() > self.limits.max_message_bytes() {
             return close_with(close::TOO_BIG, "message too big");
         }

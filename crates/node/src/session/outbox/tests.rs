@@ -1,5 +1,5 @@
 use super::*;
-use crate::session::frames::{OP_CLOSE, OP_TEXT, parse_header, parse_header_from};
+use crate::session::frames::{OP_CLOSE, OP_TEXT, parse_header, parse_header_from, unmask};
 
 fn drain(w: &mut Wire, out: &mut Vec<u8>) -> u64 {
     let mut released = 0;
