@@ -175,7 +175,9 @@ pub struct Decoder {
     masked: bool,
     /// Payloads may share a small read buffer ([`SHARED_READ_MAX`]) instead of being
     /// copied: set for frames bound for the upstream, whose queue is bounded in count
-    /// ([`super::io::UPSTREAM_QUEUE`]), never for the client's byte-accounted outbox.
+    /// ([`super::io::UPSTREAM_QUEUE`]), and for the upstream's frames, which the client's
+    /// outbox copies if they have to wait (`Outbox::poll_drain`); not for client frames
+    /// on echo routes.
     share: bool,
     /// The read buffer grew past [`SHARED_READ_MAX`] since it was last empty: its frames
     /// are copied.
@@ -207,9 +209,10 @@ impl Decoder {
         Decoder { share: true, ..Decoder::client() }
     }
 
-    /// For frames from a server (the upstream).
+    /// For frames from a server (the upstream); payloads of one small read share its
+    /// buffer.
     pub fn server() -> Self {
-        Decoder { buf: BytesMut::new(), masked: false, share: false, big: false, need: 2 }
+        Decoder { buf: BytesMut::new(), masked: false, share: true, big: false, need: 2 }
     }
 
     /// Bytes held by the read buffer.
@@ -232,10 +235,8 @@ impl Decoder {
         self.need = 2;
         // A payload that owns its buffer is handed on as is; one that shares a read with
         // other frames (or sits in a much larger buffer) is copied, so that a queued
-        // message never keeps more memory alive than the bytes it is accounted for. Frames
-        // bound for the upstream (`share`) are views of a small read buffer instead: that
-        // queue is bounded in count, and each frame in it keeps at most SHARED_READ_MAX
-        // alive beyond its own bytes.
+        // message never keeps more memory alive than the bytes it is accounted for. With
+        // `share` (see the field) payloads are views of a small read buffer instead.
         let payload = if total == self.buf.len() && self.buf.capacity() <= 2 * total + 64 {
             // The whole buffer: taken as it is (a split would first make it shared).
             let mut frame = std::mem::take(&mut self.buf);

@@ -25,42 +25,6 @@ use super::close;
 use crate::registry::{Command, ConnCounters};
 use crate::state::NodeState;
 
-#[derive(Debug)]
-pub enum Out {
-    Data {
-        binary: bool,
-        data: Bytes,
-    },
-    Ping,
-    Pong(Bytes),
-    /// `code` 1005 (no status) sends an empty close frame.
-    Close {
-        code: u16,
-        reason: String,
-    },
-}
-
-impl Out {
-    /// Bytes on the wire, as accounted.
-    fn cost(&self) -> u64 {
-        let payload = match self {
-            Out::Data { data, .. } => data.len(),
-            Out::Ping => 0,
-            Out::Pong(p) => p.len(),
-            Out::Close { reason, .. } => 2 + truncate_reason(reason).len(),
-        };
-        (payload + frame_header_len(payload)) as u64
-    }
-}
-
-fn frame_header_len(payload: usize) -> usize {
-    match payload {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    }
-}
-
 /// Frames waiting to be written to one peer, and the batch being written.
 pub(super) struct Wire {
     queue: VecDeque<Out>,
@@ -100,6 +64,16 @@ impl Wire {
     /// Whether a frame is queued or being written.
     pub(super) fn busy(&self) -> bool {
         !self.done && (!self.queue.is_empty() || self.written < self.buf.len() || self.needs_flush)
+    }
+
+    /// Gives the last `n` queued data frames allocations of their own.
+    fn own_last(&mut self, n: usize) {
+        let from = self.queue.len().saturating_sub(n);
+        for item in self.queue.range_mut(from..) {
+            if let Out::Data { data, .. } = item {
+                *data = Bytes::copy_from_slice(data);
+            }
+        }
     }
 
     pub(super) fn push(&mut self, o: Out) -> Result<(), Out> {
@@ -215,6 +189,10 @@ pub struct Outbox {
     pub(super) limits: Arc<Limits>,
     /// Set on a 4013 close: queued data is skipped, the close frame goes next.
     discard: bool,
+    /// Data frames queued since the queue last owned its payloads: those at its tail may
+    /// be views of an upstream read buffer ([`super::frames::SHARED_READ_MAX`]), and are
+    /// copied if they have to wait for the client ([`Outbox::poll_drain`]).
+    unowned: u32,
     subject: Arc<str>,
     /// Messages and bytes queued since the last write, not yet in the node's counters
     /// and the subject's egress: added once per write, not once per message (the node's
@@ -236,6 +214,7 @@ impl Outbox {
             node,
             limits,
             discard: false,
+            unowned: 0,
             subject: Arc::from(subject),
             unflushed: (0, 0),
             unflushed_in: (0, 0),
@@ -264,6 +243,7 @@ impl Outbox {
     pub fn data(&mut self, binary: bool, data: Bytes) -> Result<(), SlowConsumer> {
         let n = data.len() as u64;
         self.queue(Out::Data { binary, data }, false)?;
+        self.unowned = self.unowned.saturating_add(1);
         self.unflushed.0 += 1;
         self.unflushed.1 += n;
         Ok(())
@@ -327,14 +307,22 @@ impl Outbox {
         self.flush_accounting();
         let counters = &self.counters;
         let discard = self.discard;
-        self.wire.poll_drain(
+        let polled = self.wire.poll_drain(
             w,
             cx,
             |n| {
                 counters.buffered.fetch_sub(n, Ordering::Relaxed);
             },
             |item| discard && matches!(item, Out::Data { .. } | Out::Pong(_)),
-        )
+        );
+        // What waits for a slow client owns its bytes, so that a queued message never
+        // keeps more memory alive than it is accounted for; each payload is copied at
+        // most once, and only when the client does not take it at once.
+        if polled.is_pending() && self.unowned > 0 {
+            self.wire.own_last(self.unowned as usize);
+        }
+        self.unowned = 0;
+        polled
     }
 
     /// Per-subject egress: one alert per window, and the subject's sessions closed with
@@ -380,8 +368,8 @@ impl Drop for Outbox {
 }
 
 mod encode;
+pub use encode::Out;
 use encode::encode_out;
-pub use encode::truncate_reason;
 
 /// Frames encoded per batch at most (one write and one flush per batch).
 const BATCH_BYTES: usize = 64 * 1024;

@@ -1,11 +1,49 @@
-//! Frames encoded for the wire (RFC 6455 section 5.2), masked on the upstream side.
+//! What is queued for a peer, and how it is encoded for the wire (RFC 6455 section 5.2),
+//! masked on the upstream side.
 
-use super::Out;
+use bytes::Bytes;
+
 use super::close;
 use crate::session::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, unmask};
 
+#[derive(Debug)]
+pub enum Out {
+    Data {
+        binary: bool,
+        data: Bytes,
+    },
+    Ping,
+    Pong(Bytes),
+    /// `code` 1005 (no status) sends an empty close frame.
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+impl Out {
+    /// Bytes on the wire, as accounted.
+    pub(super) fn cost(&self) -> u64 {
+        let payload = match self {
+            Out::Data { data, .. } => data.len(),
+            Out::Ping => 0,
+            Out::Pong(p) => p.len(),
+            Out::Close { reason, .. } => 2 + truncate_reason(reason).len(),
+        };
+        (payload + frame_header_len(payload)) as u64
+    }
+}
+
+fn frame_header_len(payload: usize) -> usize {
+    match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
+}
+
 /// A close reason fits in a control frame (123 bytes), cut on a character boundary.
-pub fn truncate_reason(r: &str) -> &str {
+fn truncate_reason(r: &str) -> &str {
     let mut end = r.len().min(123);
     while !r.is_char_boundary(end) {
         end -= 1;

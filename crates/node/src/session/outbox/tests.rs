@@ -68,3 +68,37 @@ fn accounting_is_released_once_written_and_the_buffer_given_back() {
     assert!(!w.busy());
     assert_eq!(w.buf.capacity(), 0, "an idle wire holds no write buffer");
 }
+
+#[test]
+fn data_waiting_for_a_slow_client_owns_its_bytes() {
+    /// A client socket that never takes anything.
+    struct Stuck;
+    impl AsyncWrite for Stuck {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+    let read = Bytes::from(vec![7u8; 4000]);
+    let in_read = |o: &Out| matches!(o, Out::Data { data, .. } if read.as_ptr_range().contains(&data.as_ptr()));
+    let mut w = Wire::new(false);
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    w.push(Out::Data { binary: true, data: read.slice(0..10) }).expect("open");
+    assert!(w.poll_drain(&mut Stuck, &mut cx, |_| (), |_| false).is_pending());
+    assert_eq!(w.len(), 0, "the first frame went into the write batch, a copy");
+    w.push(Out::Data { binary: true, data: read.slice(10..20) }).expect("open");
+    w.push(Out::Data { binary: true, data: read.slice(20..30) }).expect("open");
+    assert!(w.poll_drain(&mut Stuck, &mut cx, |_| (), |_| false).is_pending());
+    assert_eq!(w.queued().filter(|o| in_read(o)).count(), 2, "still views while queued");
+    w.own_last(1);
+    assert_eq!(w.queued().filter(|o| in_read(o)).count(), 1, "only the last one was copied");
+    w.own_last(5);
+    assert_eq!(w.queued().filter(|o| in_read(o)).count(), 0, "none is a view of the read any more");
+    assert!(w.queued().all(|o| matches!(o, Out::Data { data, .. } if data[..] == [7u8; 10])), "the same bytes");
+}
