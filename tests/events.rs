@@ -8,12 +8,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use palisade_node::config::EtcdConfig;
 use palisade_proto::controller::v1 as pb;
 use palisade_proto::controller::v1::fleet_control_client::FleetControlClient;
 use palisade_testkit::etcd::Etcd;
-use palisade_testkit::{Pki, TestKey, TestNode, policy, refused};
+use palisade_testkit::{Message, Pki, TestKey, TestNode, policy, refused};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -219,14 +219,21 @@ async fn fleet_events_reach_followers_filtered_and_without_tokens() {
     let alice_token = f.key.token_for("alice");
     {
         let t = format!("Bearer {alice_token}");
-        let (ws, _) = f.nodes[0].ws("/echo", &[ORIGIN, ("Authorization", &t)]).await.expect("alice");
+        let (mut ws, _) = f.nodes[0].ws("/echo", &[ORIGIN, ("Authorization", &t)]).await.expect("alice");
+        // A message and the close in one write: the session ends on the close before it
+        // writes the echo.
+        ws.feed(Message::Text("seven b".into())).await.expect("queue");
+        ws.close(None).await.expect("close");
         drop(ws);
     }
     assert_eq!(f.refused_with(1, &forged).await, "token_invalid");
     assert_eq!(f.refused_with(2, &expired_token).await, "token_expired");
     let bob_token = f.key.token_for("bob");
     let _bob = f.nodes[2].ws(&format!("/echo?access_token={bob_token}"), &[ORIGIN]).await.expect("bob by query").0;
-    all.until("alice's session end", |v| v["event"] == "session_closed" && v["subject"] == "alice").await;
+    let (end, _) = all.until("alice's session end", |v| v["event"] == "session_closed" && v["subject"] == "alice").await;
+    // Her message counted both ways in the event, though the session ended before it
+    // wrote again.
+    assert_eq!((end["bytes_in"].as_u64(), end["bytes_out"].as_u64()), (Some(7), Some(7)), "{end}");
     all.until("bob's handshake", |v| v["event"] == "handshake" && v["subject"] == "bob").await;
     let mut others = 0;
     while all.seen.iter().filter(|v| v["event"] == "handshake").count() < 5 {

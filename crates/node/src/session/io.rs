@@ -32,6 +32,8 @@ pub enum IoEvent {
     Client(Inbound),
     /// The client's stream ended or failed without a close frame.
     ClientGone,
+    /// What ends the upstream's side; never a message (those are queued for the client
+    /// here, in [`Io`]).
     Upstream(Inbound),
     /// The upstream's stream ended or failed, or it took nothing for
     /// [`UPSTREAM_SEND_TIMEOUT`].

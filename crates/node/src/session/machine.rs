@@ -229,7 +229,6 @@ impl Session {
                 self.close_upstream(close::GOING_AWAY, "client gone".into());
                 Flow::End(close::NORMAL)
             }
-            IoEvent::Upstream(Inbound::Message { binary, data }) => self.push(binary, data),
             // An upstream close goes to the client with its code.
             IoEvent::Upstream(Inbound::Close(code, reason)) => Flow::Close(pass_through(code), reason),
             IoEvent::Upstream(_) | IoEvent::UpstreamFailed => close_with(close::INTERNAL, "upstream failure"),

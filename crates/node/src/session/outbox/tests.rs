@@ -1,6 +1,21 @@
 use super::*;
 use crate::session::frames::{OP_CLOSE, OP_TEXT, parse_header, parse_header_from, unmask};
 
+/// A peer socket that never takes anything.
+struct Stuck;
+
+impl AsyncWrite for Stuck {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
 fn drain(w: &mut Wire, out: &mut Vec<u8>) -> u64 {
     let mut released = 0;
     let waker = std::task::Waker::noop();
@@ -42,18 +57,6 @@ fn server_frames_are_not_masked_and_nothing_follows_a_close() {
 
 #[test]
 fn accounting_is_released_once_written_and_the_buffer_given_back() {
-    struct Stuck;
-    impl AsyncWrite for Stuck {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-            Poll::Pending
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-    }
     let mut w = Wire::new(false);
     w.push(Out::Pong(Bytes::from_static(b"abc"))).expect("open");
     let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -71,19 +74,6 @@ fn accounting_is_released_once_written_and_the_buffer_given_back() {
 
 #[test]
 fn data_waiting_for_a_slow_client_owns_its_bytes() {
-    /// A client socket that never takes anything.
-    struct Stuck;
-    impl AsyncWrite for Stuck {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-            Poll::Pending
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-    }
     let read = Bytes::from(vec![7u8; 4000]);
     let in_read = |o: &Out| matches!(o, Out::Data { data, .. } if read.as_ptr_range().contains(&data.as_ptr()));
     let mut w = Wire::new(false);
