@@ -160,7 +160,11 @@ async fn revocation_push_and_operator_commands() {
     let p = policy(&[&key]);
     let node = TestNode::start(Some(&p), |_| {}).await;
     let state = node.handle.state.clone();
-    let (mut mallory, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&key.token_for("mallory")))]).await.expect("m");
+    let mallory_token = key.token_for("mallory");
+    let (mut mallory, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&mallory_token))]).await.expect("m");
+    // A reconnect with the same token is answered by the node's token cache.
+    drop(node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&mallory_token))]).await.expect("reconnect"));
+    assert_eq!(state.policy().load().expect("policy").verifier.token_cache_stats().map(|s| s.0), Some(1));
     let (mut bob, _) =
         node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&key.token(json!({"sub": "bob", "jti": "bob-1"}))))]).await.expect("b");
     let (mut carol, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&key.token_for("carol")))]).await.expect("c");
@@ -172,6 +176,9 @@ async fn revocation_push_and_operator_commands() {
     state.policy().apply(&p2, 2).expect("apply");
     assert_eq!(close_code(&mut mallory, Duration::from_secs(1)).await, Some(4003));
     assert!(pushed.elapsed() < Duration::from_secs(1));
+    // Her token, remembered under the old policy, is refused under the new one.
+    let r = palisade_testkit::refused(node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&mallory_token))]).await);
+    assert_eq!((r.status, r.code.as_str()), (403, "token_revoked"));
 
     // Server push reaches bob; an operator disconnect by session closes him with its code.
     assert_eq!(state.registry().dispatch(&Selector::Subject("bob".into()), Command::Send { payload: "news".into(), binary: false }), 1);

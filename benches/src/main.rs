@@ -111,6 +111,10 @@ pub struct HandshakeArgs {
     /// Unmeasured handshakes per server before the first round (default: a tenth, at least 100).
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Reconnects: the clients take turns with 256 tokens, so palisade's cache of verified
+    /// tokens answers (`auth.token_cache`). Without it every handshake has a fresh token.
+    #[arg(long)]
+    pub reconnect: bool,
     #[command(flatten)]
     pub common: Common,
 }

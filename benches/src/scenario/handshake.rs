@@ -22,8 +22,9 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
     let slices = a.common.slices.clamp(1, n);
     let concurrency = a.concurrency.max(1);
     super::check_open_files(concurrency as u64 * 2 + 256)?;
-    let setup = Setup::new(&a.common, 256)?;
     let kinds = kinds(&a.common);
+    let warmup = a.warmup.unwrap_or((n / 10).max(100));
+    let setup = Setup::new(&a.common, tokens(&a, kinds.len(), warmup, n, rounds))?;
     let mut servers = Vec::new();
     for k in &kinds {
         servers.push(setup.start(*k).await?);
@@ -33,12 +34,16 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
         &setup,
         &servers,
         &format!(
-            "{n} handshakes per round and server in {slices} interleaved slices, concurrency {concurrency}, {rounds} rounds, {} source addresses",
-            a.common.sources
+            "{n} handshakes per round and server in {slices} interleaved slices, concurrency {concurrency}, {rounds} rounds, {} source addresses, {}",
+            a.common.sources,
+            if a.reconnect {
+                "reconnects (256 tokens in turn: palisade's token cache answers)"
+            } else {
+                "a fresh token for every handshake"
+            }
         ),
     );
 
-    let warmup = a.warmup.unwrap_or((n / 10).max(100));
     let Measured { table, tallies, first_problem } = measure(&setup, &servers, warmup, n, slices, concurrency, rounds).await?;
     for s in servers {
         s.stop();
@@ -60,6 +65,7 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
         );
         json.set("es256_verify_us", crate::report::round(v, 1));
     }
+    json.set("tokens", if a.reconnect { "reconnect" } else { "fresh" });
     json.set("handshakes", n);
     json.set("slices", slices);
     json.set("concurrency", concurrency);
@@ -70,6 +76,12 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
         bail!("{failed} handshakes were refused or failed (first: {p})");
     }
     Ok(())
+}
+
+/// Tokens to mint: one per handshake of the whole run (SPEC: a fresh ES256 JWT every
+/// handshake), or 256 reused for `--reconnect`.
+pub fn tokens(a: &HandshakeArgs, servers: usize, warmup: usize, n: usize, rounds: usize) -> usize {
+    if a.reconnect { 256 } else { servers * (warmup + n * rounds) + 64 }
 }
 
 /// What [`measure`] gives: the per-round table, `tallies[round][server]`, and the first

@@ -85,7 +85,9 @@ pub async fn run(a: PeersArgs) -> anyhow::Result<()> {
     let concurrency = a.concurrency.max(1);
     let peers_wanted = PeerKind::ALL.len() as u64 + 1;
     super::check_open_files((a.idle as u64 + a.connections as u64) * 2 * peers_wanted + 512)?;
-    let setup = Setup::new(&a.common, 256)?;
+    // A fresh token for every connection of the run (warm-up, handshakes, sessions, idle).
+    let per_server = 100 + (a.handshakes + a.connections + 4) * rounds + a.idle + 64;
+    let setup = Setup::new(&a.common, per_server * peers_wanted as usize)?;
     let plain = plain_client(&setup, a.common.sources, 1, false)?;
     let upstream = bare_plain(&setup, "upstream", Http::Raw, &plain).await?;
     let url = format!("ws://127.0.0.1:{}{}", upstream.addr.port(), crate::fixture::PATH);

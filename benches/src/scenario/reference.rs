@@ -32,7 +32,9 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
     let concurrency = a.concurrency.max(1);
     super::check_open_files(concurrency as u64 * 2 + 256)?;
     let node = node_ready()?;
-    let setup = Setup::new(&a.common, 256)?;
+    let warmup = a.warmup.unwrap_or((n / 10).max(100));
+    let kinds = 2 + super::kinds(&a.common).len().saturating_sub(1);
+    let setup = Setup::new(&a.common, super::handshake::tokens(&a, kinds, warmup, n, rounds))?;
     let mut servers = vec![setup.start(super::Kind::Palisade).await?, start(&setup, &node).await?];
     for k in super::kinds(&a.common).into_iter().skip(1) {
         servers.push(setup.start(k).await?);
@@ -46,7 +48,6 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
             a.common.sources, node.1
         ),
     );
-    let warmup = a.warmup.unwrap_or((n / 10).max(100));
     let Measured { table, tallies, first_problem } = measure(&setup, &servers, warmup, n, slices, concurrency, rounds).await?;
     let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
     for s in servers {

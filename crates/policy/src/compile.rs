@@ -219,7 +219,9 @@ impl Policy {
             }
         }
 
-        let verifier = Verifier::new(keys, a.issuer.clone(), a.audience.clone(), leeway, a.max_token_lifetime_seconds, rev);
+        let cached = range("auth.token_cache.max_entries", a.token_cache.max_entries, 0, 1_000_000)?;
+        let verifier = Verifier::new(keys, a.issuer.clone(), a.audience.clone(), leeway, a.max_token_lifetime_seconds, rev)
+            .with_token_cache(cached as usize);
         Ok(CompiledPolicy {
             version,
             origins,

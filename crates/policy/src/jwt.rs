@@ -6,7 +6,7 @@
 //! Errors say only which refusal code applies plus a short static reason for the audit
 //! record; they never carry the token, a claim value or key material.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -168,35 +168,6 @@ impl Key {
     }
 }
 
-/// Revocations compiled for lookup.
-#[derive(Debug, Clone, Default)]
-pub struct Revocations {
-    pub subs: HashSet<String>,
-    pub jtis: HashSet<String>,
-    /// sub -> tokens with `iat` before this (unix seconds) are revoked.
-    pub issued_before: HashMap<String, u64>,
-}
-
-impl Revocations {
-    pub fn is_revoked(&self, sub: &str, jti: Option<&str>, iat: Option<u64>) -> bool {
-        if self.subs.contains(sub) {
-            return true;
-        }
-        if jti.is_some_and(|j| self.jtis.contains(j)) {
-            return true;
-        }
-        match self.issued_before.get(sub) {
-            // No `iat` cannot prove the token is newer: fail closed.
-            Some(t) => iat.is_none_or(|iat| iat < *t),
-            None => false,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.subs.is_empty() && self.jtis.is_empty() && self.issued_before.is_empty()
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Verifier {
     keys: HashMap<String, Arc<Key>>,
@@ -205,6 +176,7 @@ pub struct Verifier {
     leeway: u64,
     max_lifetime: Option<u64>,
     pub revocations: Revocations,
+    cache: Option<cache::TokenCache>,
 }
 
 impl Verifier {
@@ -217,7 +189,18 @@ impl Verifier {
         revocations: Revocations,
     ) -> Self {
         let keys = keys.into_iter().map(|k| (k.kid.clone(), Arc::new(k))).collect();
-        Verifier { keys, issuer, audience, leeway, max_lifetime, revocations }
+        Verifier { keys, issuer, audience, leeway, max_lifetime, revocations, cache: None }
+    }
+
+    /// Remembers up to `entries` verified tokens (none: no cache). The cache belongs to
+    /// this verifier, so a new policy starts with an empty one.
+    pub fn with_token_cache(self, entries: usize) -> Self {
+        Verifier { cache: cache::TokenCache::new(entries), ..self }
+    }
+
+    /// The token cache's `(hits, tokens held)`; `None` when it is off.
+    pub fn token_cache_stats(&self) -> Option<(u64, usize)> {
+        self.cache.as_ref().map(cache::TokenCache::stats)
     }
 
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
@@ -230,12 +213,10 @@ impl Verifier {
     }
 
     /// The policy's JWKS URL is configured: unknown kids may be found in `extra`.
-    fn select_key<'a>(&'a self, kid: Option<&str>, extra: Option<&'a KeySet>) -> Result<&'a Key, TokenError> {
+    fn select_key<'a>(&'a self, kid: Option<&str>, extra: Option<&'a KeySet>) -> Result<&'a Arc<Key>, TokenError> {
         match kid {
-            Some(kid) => {
-                self.keys.get(kid).or_else(|| extra.and_then(|e| e.get(kid))).map(Arc::as_ref).ok_or(TokenError::Invalid("unknown_kid"))
-            }
-            None if self.keys.len() == 1 => Ok(self.keys.values().next().map(Arc::as_ref).ok_or(TokenError::Invalid("no_key"))?),
+            Some(kid) => self.keys.get(kid).or_else(|| extra.and_then(|e| e.get(kid))).ok_or(TokenError::Invalid("unknown_kid")),
+            None if self.keys.len() == 1 => Ok(self.keys.values().next().ok_or(TokenError::Invalid("no_key"))?),
             None => Err(TokenError::Invalid("kid_required")),
         }
     }
@@ -258,9 +239,23 @@ impl Verifier {
     }
 
     /// Verifies with the policy's keys and, for kids they lack, the keys of `extra`
-    /// (fetched from the JWKS URL).
+    /// (fetched from the JWKS URL); a token verified before comes from the cache.
     pub fn verify_with(&self, token: &str, now: u64, extra: Option<&KeySet>) -> Result<Claims, TokenError> {
-        if token.len() > 16 * 1024 || token.bytes().filter(|b| *b == b'.').count() != 2 {
+        match &self.cache {
+            Some(cache) => cache.verify(self, token, now, extra),
+            None => self.verify_uncached(token, now, extra).map(|(c, ..)| c),
+        }
+    }
+
+    /// The full check: signature and claims.
+    /// Also gives `nbf` and the key that verified it (for the cache).
+    fn verify_uncached<'a>(
+        &'a self,
+        token: &str,
+        now: u64,
+        extra: Option<&'a KeySet>,
+    ) -> Result<(Claims, Option<u64>, &'a Arc<Key>), TokenError> {
+        if token.len() > MAX_TOKEN_BYTES || token.bytes().filter(|b| *b == b'.').count() != 2 {
             return Err(TokenError::Invalid("malformed"));
         }
         let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Invalid("malformed"))?;
@@ -308,25 +303,28 @@ impl Verifier {
                 return Err(TokenError::Invalid("bad_aud"));
             }
         }
-        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+        let claims = Claims { sub, exp, iat, jti: c.jti, kid: header.kid, claims_b64: claims_b64.to_owned() };
+        self.check_times(&claims, nbf, now)?;
+        Ok((claims, nbf, key))
+    }
+
+    /// The rules that depend on the time (`nbf`, `iat`, the lifetime, `exp`), then the
+    /// revocations.
+    fn check_times(&self, c: &Claims, nbf: Option<u64>, now: u64) -> Result<(), TokenError> {
+        let late = now.saturating_add(self.leeway);
+        if nbf.is_some_and(|nbf| nbf > late) {
             return Err(TokenError::Invalid("not_yet_valid"));
         }
-        if iat.is_some_and(|iat| iat > now.saturating_add(self.leeway)) {
+        if c.iat.is_some_and(|iat| iat > late) {
             return Err(TokenError::Invalid("issued_in_future"));
         }
         if let Some(max) = self.max_lifetime {
-            let start = iat.or(nbf).unwrap_or(now);
-            if exp.saturating_sub(start) > max.saturating_add(self.leeway) {
+            let start = c.iat.or(nbf).unwrap_or(now);
+            if c.exp.saturating_sub(start) > max.saturating_add(self.leeway) {
                 return Err(TokenError::Invalid("lifetime_exceeded"));
             }
         }
-        if exp.saturating_add(self.leeway) <= now {
-            return Err(TokenError::Expired);
-        }
-        if self.revocations.is_revoked(&sub, c.jti.as_deref(), iat) {
-            return Err(TokenError::Revoked);
-        }
-        Ok(Claims { sub, exp, iat, jti: c.jti, kid: header.kid, claims_b64: claims_b64.to_owned() })
+        self.still_valid(c, now)
     }
 }
 
@@ -370,8 +368,14 @@ pub fn token_kid(token: &str) -> Option<String> {
     parse_header(token.split('.').next()?).ok()?.kid
 }
 
+/// Longer tokens are refused unread.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+mod cache;
 mod keys;
+mod revocations;
 pub use keys::{alg_name, decoding_key, parse_alg, parse_jwks};
+pub use revocations::Revocations;
 
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,7 @@ pub struct Auth {
     pub jwks_url: Option<String>,
     pub refresh: Refresh,
     pub tickets: Tickets,
+    pub token_cache: TokenCache,
 }
 
 impl Default for Auth {
@@ -83,6 +84,7 @@ impl Default for Auth {
             jwks_url: None,
             refresh: Refresh::default(),
             tickets: Tickets::default(),
+            token_cache: TokenCache::default(),
         }
     }
 }
@@ -126,6 +128,21 @@ pub struct Tickets {
 impl Default for Tickets {
     fn default() -> Self {
         Tickets { ttl_seconds: 30 }
+    }
+}
+
+/// Verified tokens remembered per node, so that a reconnect with the same token skips the
+/// signature check (expiry and revocations are checked again at every use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCache {
+    /// Tokens remembered at most; 0 turns the cache off.
+    pub max_entries: u64,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache { max_entries: 10_000 }
     }
 }
 

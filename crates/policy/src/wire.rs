@@ -74,6 +74,7 @@ fn to_proto(p: &m::Policy) -> pb::Policy {
                 interval_seconds: a.refresh.interval_seconds,
             }),
             tickets: Some(pb::Tickets { ttl_seconds: Some(a.tickets.ttl_seconds) }),
+            token_cache: Some(pb::TokenCache { max_entries: Some(a.token_cache.max_entries) }),
         }),
         limits: Some(pb::Limits {
             max_connections: Some(l.max_connections),
@@ -157,6 +158,9 @@ fn from_proto(p: &pb::Policy) -> Result<m::Policy, PolicyError> {
         }
         if let Some(t) = &a.tickets {
             set(&mut d.tickets.ttl_seconds, t.ttl_seconds);
+        }
+        if let Some(t) = &a.token_cache {
+            set(&mut d.token_cache.max_entries, t.max_entries);
         }
     }
     if let Some(l) = &p.limits {
@@ -245,6 +249,7 @@ auth:
     - { kid: "legacy", alg: HS256, secret_base64: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=" }
   refresh: { warning_seconds: 30, grace_seconds: 5, interval_seconds: 600 }
   tickets: { ttl_seconds: 20 }
+  token_cache: { max_entries: 50 }
 limits:
   max_connections: 10
   per_ip:   { max_connections: 5, handshakes_per_second: 1.5, burst: 3 }

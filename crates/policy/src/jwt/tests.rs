@@ -239,4 +239,5 @@ fn claims_verified_earlier_are_rechecked() {
     assert_eq!(v.still_valid(&gone, NOW), Err(TokenError::Revoked));
 }
 
+mod cache;
 mod hand_built;

@@ -1,0 +1,78 @@
+//! Verified tokens, remembered for reconnects: a client that reconnects with the token it
+//! used before (a dropped network, a deploy's drain, a page reload) skips the signature
+//! check, which is most of a handshake's cost after TLS.
+//!
+//! - Keyed by the token's SHA-256, so the cache holds no credential and a lookup's
+//!   timing depends on digests only.
+//! - Bounded (`auth.token_cache.max_entries`, quick_cache's S3-FIFO eviction).
+//! - It belongs to the policy's [`Verifier`]: every policy change (keys, issuer,
+//!   audience, revocations) starts with an empty cache.
+//! - At every hit: the key the token names must still be the one that verified it (a
+//!   JWKS refresh may have replaced or dropped it), and every rule that depends on the
+//!   time (`exp`, `nbf`, `iat`, the lifetime) and the revocations are checked again, so a
+//!   hit answers what the full check would (`iss`, `aud` and the signature are fixed by
+//!   the token and the policy).
+//! - Only tokens that passed are remembered; a refused one is checked in full each time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_lc_rs::digest;
+
+use super::{Claims, Key, KeySet, MAX_TOKEN_BYTES, TokenError, Verifier};
+
+pub(super) struct TokenCache {
+    entries: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Verifications answered from the cache.
+    hits: AtomicU64,
+}
+
+/// What a full check found.
+struct Verified {
+    claims: Claims,
+    nbf: Option<u64>,
+    key: Arc<Key>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the entries: their claims are personal data.
+        f.debug_struct("TokenCache").field("len", &self.entries.len()).field("capacity", &self.entries.capacity()).finish()
+    }
+}
+
+impl TokenCache {
+    /// `None` for 0 entries (no cache).
+    pub(super) fn new(entries: usize) -> Option<Self> {
+        (entries > 0).then(|| TokenCache { entries: quick_cache::sync::Cache::new(entries), hits: AtomicU64::new(0) })
+    }
+
+    pub(super) fn verify(&self, v: &Verifier, token: &str, now: u64, extra: Option<&KeySet>) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Invalid("malformed"));
+        }
+        let id = fingerprint(token);
+        if let Some(hit) = self.entries.get(&id)
+            && v.select_key(hit.claims.kid.as_deref(), extra).is_ok_and(|k| Arc::ptr_eq(k, &hit.key))
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            v.check_times(&hit.claims, hit.nbf, now)?;
+            return Ok(hit.claims.clone());
+        }
+        let (claims, nbf, key) = v.verify_uncached(token, now, extra)?;
+        self.entries.insert(id, Arc::new(Verified { claims: claims.clone(), nbf, key: key.clone() }));
+        Ok(claims)
+    }
+
+    /// `(hits so far, tokens held)`.
+    pub(super) fn stats(&self) -> (u64, usize) {
+        (self.hits.load(Ordering::Relaxed), self.entries.len())
+    }
+}
+
+fn fingerprint(token: &str) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut id = [0u8; 32];
+    id.copy_from_slice(d.as_ref());
+    id
+}
