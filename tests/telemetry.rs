@@ -380,6 +380,13 @@ async fn handshake_spans_metrics_and_logs_reach_a_real_receiver() {
     let mut outcomes: Vec<&str> = caps.iter().filter_map(|(a, _)| a.get("palisade.outcome").map(String::as_str)).collect();
     outcomes.sort_unstable();
     assert_eq!(outcomes, ["fallback", "refused", "reserved"]);
+    // The same token twice (header, then query) and once more to mint the ticket: the
+    // cache of verified tokens answered the later ones and holds that one token.
+    let (kind, hits) = rx.metric("otel-node", "palisade.token_cache.hits").expect("token cache hits exported");
+    assert_eq!(kind, "counter");
+    assert!(int(&hits[0].1) >= 1, "{hits:?}");
+    let (kind, held) = rx.metric("otel-node", "palisade.token_cache.entries").expect("token cache entries exported");
+    assert_eq!((kind.as_str(), int(&held[0].1)), ("gauge", 1));
     let (_, msgs) = rx.metric("otel-node", "palisade.messages").expect("messages");
     let dirs: Vec<&str> = msgs.iter().filter_map(|(a, _)| a.get("direction").map(String::as_str)).collect();
     assert!(dirs.contains(&"in") && dirs.contains(&"out"));

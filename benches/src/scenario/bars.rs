@@ -28,8 +28,8 @@ pub struct BarsArgs {
     /// none is installed (`scripts/install-peers.sh`).
     #[arg(long)]
     pub no_peers: bool,
-    /// Only these steps (names as in the table: handshake, node-reference, echo,
-    /// echo-window-1, memory, memory-offloaded, bridge, peers).
+    /// Only these steps (names as in the table: handshake, handshake-reconnect,
+    /// node-reference, echo, echo-window-1, memory, memory-offloaded, bridge, peers).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -42,6 +42,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step { name: "handshake", args: &["handshake", "--rounds", "8"] },
+    Step { name: "handshake-reconnect", args: &["handshake", "--reconnect", "--rounds", "3"] },
     Step { name: "node-reference", args: &["node-reference", "--rounds", "5"] },
     Step { name: "echo", args: &["echo", "--rounds", "5"] },
     Step { name: "echo-window-1", args: &["echo", "--window", "1", "--messages", "1000", "--rounds", "5"] },
@@ -156,7 +157,24 @@ fn at_most(bar: &str, v: &Value, key: &str, target_key: &str, unit: &str, decima
 /// The rows a scenario's JSON line gives.
 pub fn rows_of(step: &str, v: &Value) -> Vec<Row> {
     match step {
-        "handshake" => vec![at_most("handshake CPU vs bare", v, "ratio", "target", "x", 3)],
+        "handshake" => {
+            // Context: what the bare server plus the one check that must cost (an ES256
+            // verification, measured in the bench process) would be.
+            let floor = match (num(v, "baseline_us"), num(v, "es256_verify_us")) {
+                (Some(b), Some(e)) if b > 0.0 => format!("{:.3}x", (b + e) / b),
+                _ => "missing".into(),
+            };
+            vec![
+                at_most("handshake CPU vs bare", v, "ratio", "target", "x", 3),
+                Row { bar: "handshake floor: bare + one ES256 verify".into(), measured: floor, target: "context".into(), met: None },
+            ]
+        }
+        "handshake-reconnect" => vec![Row {
+            bar: "reconnect with the same token vs bare".into(),
+            measured: num(v, "ratio").map_or("missing".into(), |r| format!("{r:.3}x")),
+            target: "context".into(),
+            met: None,
+        }],
         "node-reference" => {
             // Higher is better here: at least the target.
             let (ratio, target) = (num(v, "ratio"), num(v, "target"));
@@ -201,6 +219,16 @@ pub fn rows_of(step: &str, v: &Value) -> Vec<Row> {
                     }
                 }
             }
+            // Context for the bridge bar: the paced round trip through each gateway.
+            let fastest = ["envoy", "haproxy", "nginx_njs"].iter().filter_map(|p| num(v, &format!("{p}_p50_us"))).reduce(f64::min);
+            if let (Some(ours), Some(best)) = (num(v, "palisade_p50_us"), fastest) {
+                rows.push(Row {
+                    bar: "bridged round trip p50 vs the fastest peer".into(),
+                    measured: format!("{ours:.1} / {best:.1} us"),
+                    target: "context".into(),
+                    met: None,
+                });
+            }
             rows
         }
         _ => Vec::new(),
@@ -229,6 +257,10 @@ mod tests {
         let rows = rows_of("bridge", &br);
         assert_eq!((rows[0].met, rows[1].met), (Some(false), Some(true)));
         assert_eq!(rows_of("echo-window-1", &serde_json::json!({"ratio": 1.05}))[0].met, None, "context only");
+        let hs: Value = serde_json::from_str(r#"{"ratio":1.3,"target":1.25,"baseline_us":140,"es256_verify_us":49}"#).unwrap();
+        let rows = rows_of("handshake", &hs);
+        assert_eq!((rows[1].measured.as_str(), rows[1].met), ("1.350x", None), "the floor is context");
+        assert_eq!(rows_of("handshake-reconnect", &serde_json::json!({"ratio": 1.04}))[0].measured, "1.040x");
     }
 
     #[test]
@@ -238,6 +270,9 @@ mod tests {
         let p = serde_json::json!({"haproxy_handshake_ratio": 0.55, "haproxy_message_ratio": 1.0, "haproxy_rss_ratio": 0.68});
         let rows = rows_of("peers", &p);
         assert_eq!(rows.len(), 3, "a peer that did not run has no rows");
+        let with_latency = serde_json::json!({"palisade_p50_us": 110.0, "haproxy_p50_us": 105.7, "envoy_p50_us": 101.5});
+        let context = rows_of("peers", &with_latency);
+        assert_eq!((context[0].measured.as_str(), context[0].met), ("110.0 / 101.5 us", None));
         assert_eq!(rows.iter().map(|r| r.met).collect::<Vec<_>>(), [Some(true), Some(false), Some(true)]);
         assert!(rows[1].bar.contains("message") && rows[1].bar.contains("HAProxy"));
     }

@@ -136,6 +136,24 @@ fn register(meter: &opentelemetry::metrics::Meter, state: Weak<NodeState>) {
             }
         })
         .build();
+    meter
+        .u64_observable_counter("palisade.token_cache.hits")
+        .with_description("Token verifications answered by the cache of verified tokens (auth.token_cache)")
+        .with_unit("{verification}")
+        .with_callback(|o| o.observe(palisade_policy::jwt::token_cache_hits(), &[]))
+        .build();
+    let s = state.clone();
+    meter
+        .i64_observable_gauge("palisade.token_cache.entries")
+        .with_description("Verified tokens the cache holds under the current policy (0 when it is off)")
+        .with_unit("{token}")
+        .with_callback(move |o| {
+            if let Some(s) = s.upgrade() {
+                let held = s.policy().load().and_then(|p| p.verifier.token_cache_stats()).map_or(0, |(_, n)| n);
+                o.observe(held as i64, &[]);
+            }
+        })
+        .build();
     let s = state.clone();
     meter
         .i64_observable_gauge("palisade.tls.certificate.expiry")

@@ -192,17 +192,6 @@ impl Verifier {
         Verifier { keys, issuer, audience, leeway, max_lifetime, revocations, cache: None }
     }
 
-    /// Remembers up to `entries` verified tokens (none: no cache). The cache belongs to
-    /// this verifier, so a new policy starts with an empty one.
-    pub fn with_token_cache(self, entries: usize) -> Self {
-        Verifier { cache: cache::TokenCache::new(entries), ..self }
-    }
-
-    /// The token cache's `(hits, tokens held)`; `None` when it is off.
-    pub fn token_cache_stats(&self) -> Option<(u64, usize)> {
-        self.cache.as_ref().map(cache::TokenCache::stats)
-    }
-
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
     }
@@ -372,6 +361,7 @@ pub fn token_kid(token: &str) -> Option<String> {
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 mod cache;
+pub use cache::hits as token_cache_hits;
 mod keys;
 mod revocations;
 pub use keys::{alg_name, decoding_key, parse_alg, parse_jwks};

@@ -21,6 +21,15 @@ use aws_lc_rs::digest;
 
 use super::{Claims, Key, KeySet, MAX_TOKEN_BYTES, TokenError, Verifier};
 
+/// Hits of every cache of this process, across policies (the node's
+/// `palisade.token_cache.hits` counter; one verifier's own count restarts with its policy).
+static ALL_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// Verifications answered from a token cache since the process started.
+pub fn hits() -> u64 {
+    ALL_HITS.load(Ordering::Relaxed)
+}
+
 pub(super) struct TokenCache {
     entries: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
     /// Verifications answered from the cache.
@@ -56,6 +65,7 @@ impl TokenCache {
             && v.select_key(hit.claims.kid.as_deref(), extra).is_ok_and(|k| Arc::ptr_eq(k, &hit.key))
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            ALL_HITS.fetch_add(1, Ordering::Relaxed);
             v.check_times(&hit.claims, hit.nbf, now)?;
             return Ok(hit.claims.clone());
         }
@@ -65,8 +75,21 @@ impl TokenCache {
     }
 
     /// `(hits so far, tokens held)`.
-    pub(super) fn stats(&self) -> (u64, usize) {
+    fn stats(&self) -> (u64, usize) {
         (self.hits.load(Ordering::Relaxed), self.entries.len())
+    }
+}
+
+impl Verifier {
+    /// Remembers up to `entries` verified tokens (none: no cache). The cache belongs to
+    /// this verifier, so a new policy starts with an empty one.
+    pub fn with_token_cache(self, entries: usize) -> Self {
+        Verifier { cache: TokenCache::new(entries), ..self }
+    }
+
+    /// The token cache's `(hits, tokens held)`; `None` when it is off.
+    pub fn token_cache_stats(&self) -> Option<(u64, usize)> {
+        self.cache.as_ref().map(TokenCache::stats)
     }
 }
 
