@@ -78,11 +78,24 @@ impl Fixture {
 
     /// Writes `node-<port>.toml` for a node listening on 127.0.0.1:`port`.
     pub fn node_config(&self, port: u16) -> anyhow::Result<PathBuf> {
+        self.node_config_with(port, &self.policy)
+    }
+
+    /// The same with the bench policy's token cache off (`auth.token_cache.max_entries: 0`).
+    pub fn node_config_no_cache(&self, port: u16) -> anyhow::Result<PathBuf> {
+        let mut doc = self.policy_doc.clone();
+        doc.auth.token_cache.max_entries = 0;
+        let policy = self.dir.path().join("policy-no-cache.yaml");
+        write(&policy, &doc.to_yaml())?;
+        self.node_config_with(port, &policy)
+    }
+
+    fn node_config_with(&self, port: u16, policy: &std::path::Path) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(format!("node-{port}.toml"));
         let text = format!(
             "id = \"bench-node-{port}\"\ndrain_deadline_seconds = 1\npolicy_file = {policy:?}\n\n[listen]\nwss = \"127.0.0.1:{port}\"\n\n\
              [tls]\ncert = {cert:?}\nkey = {key:?}\n\n[[routes]]\npath = \"{PATH}\"\necho = true\n",
-            policy = self.policy.display().to_string(),
+            policy = policy.display().to_string(),
             cert = self.cert.display().to_string(),
             key = self.key.display().to_string(),
         );

@@ -115,6 +115,10 @@ pub struct HandshakeArgs {
     /// tokens answers (`auth.token_cache`). Without it every handshake has a fresh token.
     #[arg(long)]
     pub reconnect: bool,
+    /// Also runs a palisade with the token cache off (`palisade-no-cache`), interleaved
+    /// with the others: what the cache costs (fresh tokens) or saves (`--reconnect`).
+    #[arg(long)]
+    pub no_cache_too: bool,
     #[command(flatten)]
     pub common: Common,
 }

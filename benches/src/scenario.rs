@@ -34,6 +34,8 @@ pub enum Kind {
     /// Palisade exporting OTLP to the receiver, and the same without export (`--otel`).
     PalisadeOtel,
     PalisadeOff,
+    /// Palisade with its cache of verified tokens off (`handshake --no-cache-too`).
+    PalisadeNoCache,
     Bare(Http),
 }
 
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Palisade => "palisade".into(),
             Kind::PalisadeOtel => "palisade-otel".into(),
             Kind::PalisadeOff => "palisade-off".into(),
+            Kind::PalisadeNoCache => "palisade-no-cache".into(),
             Kind::Bare(h) => format!("bare-{}", h.name()),
         }
     }
@@ -109,8 +112,12 @@ impl Setup {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = self.fixture.dir.path().join(format!("{}-{port}.log", kind.name()));
         let server = match kind {
-            Kind::Palisade | Kind::PalisadeOtel | Kind::PalisadeOff => {
-                let cfg = self.fixture.node_config(port)?;
+            Kind::Palisade | Kind::PalisadeOtel | Kind::PalisadeOff | Kind::PalisadeNoCache => {
+                let cfg = if kind == Kind::PalisadeNoCache {
+                    self.fixture.node_config_no_cache(port)?
+                } else {
+                    self.fixture.node_config(port)?
+                };
                 let args = vec!["node".to_string(), "--config".into(), cfg.display().to_string()];
                 let env = match (&self.otlp, kind) {
                     (Some((_, endpoint)), Kind::PalisadeOtel) => vec![

@@ -22,7 +22,10 @@ pub async fn run(a: HandshakeArgs) -> anyhow::Result<()> {
     let slices = a.common.slices.clamp(1, n);
     let concurrency = a.concurrency.max(1);
     super::check_open_files(concurrency as u64 * 2 + 256)?;
-    let kinds = kinds(&a.common);
+    let mut kinds = kinds(&a.common);
+    if a.no_cache_too {
+        kinds.insert(1, super::Kind::PalisadeNoCache);
+    }
     let warmup = a.warmup.unwrap_or((n / 10).max(100));
     let setup = Setup::new(&a.common, tokens(&a, kinds.len(), warmup, n, rounds))?;
     let mut servers = Vec::new();

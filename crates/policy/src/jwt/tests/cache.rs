@@ -100,3 +100,63 @@ fn the_cache_is_bounded_can_be_off_and_its_size_is_checked() {
     p.auth.token_cache.max_entries = 1_000_001;
     assert_eq!(p.compile(1).map(|_| ()).unwrap_err().field, "auth.token_cache.max_entries");
 }
+
+mod equivalence {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: [u8; 32] = [3u8; 32];
+
+    fn policy_keys() -> Vec<KeyDoc> {
+        use base64::Engine as _;
+        let secret = base64::engine::general_purpose::STANDARD.encode(SECRET);
+        vec![KeyDoc { kid: "h".into(), alg: "HS256".into(), public_key_pem: None, secret_base64: Some(secret) }]
+    }
+
+    /// A token from a small space, so that the sequences repeat tokens: subjects (one
+    /// revoked), `exp`, `nbf` and `iat` around `NOW` or absent, and a signature that is
+    /// good or made with another secret.
+    fn token(sub: u8, exp: i64, nbf: Option<i64>, iat: Option<i64>, forged: bool) -> String {
+        let mut c = json!({"sub": format!("user-{sub}"), "exp": (NOW as i64 + exp) as u64});
+        if let Some(n) = nbf {
+            c["nbf"] = json!((NOW as i64 + n) as u64);
+        }
+        c["iat"] = iat.map_or(serde_json::Value::Null, |i| json!((NOW as i64 + i) as u64));
+        let secret = if forged { [4u8; 32] } else { SECRET };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header { kid: Some("h".into()), ..jsonwebtoken::Header::new(Algorithm::HS256) },
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .expect("sign")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The cache never changes an answer: any sequence of uses of a few tokens at any
+        /// times (the clock may go back) gets the same results with the cache as without.
+        #[test]
+        fn cached_answers_equal_full_checks(
+            pool in proptest::collection::vec(
+                (0u8..3, -100i64..200, proptest::option::of(-100i64..100), proptest::option::of(-100i64..100), any::<bool>()),
+                1..6,
+            ),
+            steps in proptest::collection::vec((0usize..6, -150i64..150), 1..40),
+        ) {
+            let mutate = |p: &mut Policy| {
+                p.auth.leeway_seconds = 20;
+                p.auth.max_token_lifetime_seconds = Some(150);
+                p.revocations = serde_yaml_ng::from_str(r#"[{ sub: "user-2", issued_before: "2027-01-15T08:00:00Z" }]"#).expect("yaml");
+            };
+            let cached = verifier(policy_keys(), |p| { mutate(p); p.auth.token_cache.max_entries = 4; });
+            let full = verifier(policy_keys(), |p| { mutate(p); p.auth.token_cache.max_entries = 0; });
+            let tokens: Vec<String> = pool.iter().map(|&(sub, exp, nbf, iat, forged)| token(sub, exp, nbf, iat, forged && sub == 0)).collect();
+            for (i, at) in steps {
+                let t = &tokens[i % tokens.len()];
+                let now = (NOW as i64 + at) as u64;
+                prop_assert_eq!(cached.verify(t, now), full.verify(t, now));
+            }
+        }
+    }
+}
