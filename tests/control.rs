@@ -191,6 +191,16 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
         .expect_err("bad code");
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    // A token seen before is answered by the token cache, and GetStats counts it.
+    let cache_before = c.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner();
+    let eve = bearer(&key.token(json!({"sub": "eve", "jti": "eve-jti"})));
+    for _ in 0..2 {
+        let _ = node.ws("/echo", &[ORIGIN, ("Authorization", &eve)]).await;
+    }
+    let cached = c.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner();
+    assert_eq!(cached.token_cache_hits - cache_before.token_cache_hits, 1, "the second handshake was a hit");
+    assert!(cached.token_cache_entries > cache_before.token_cache_entries, "eve's token is held");
+
     // Stats and the stats stream. One echoed message moves the node's counters by one
     // message and its byte each way, by the time the echo is at the client.
     let before = c.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner();

@@ -225,6 +225,11 @@ async fn operator_verbs_across_the_fleet() {
         let s = f.json(&["stats"]).await;
         assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
         if s["totals"]["handshakes_accepted"].as_u64().unwrap_or(0) >= 5 {
+            // The token cache's figures are the sums of the nodes' (in one answer).
+            for k in ["hits", "entries"] {
+                let nodes: Option<u64> = s["nodes"].as_array().and_then(|n| n.iter().map(|n| n["token_cache"][k].as_u64()).sum());
+                assert_eq!(s["totals"]["token_cache"][k].as_u64(), nodes, "token_cache.{k}: {s}");
+            }
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "fleet totals never caught up: {s}");

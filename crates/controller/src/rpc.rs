@@ -227,6 +227,8 @@ impl FleetControl for Service {
             t.fleet_cap_reserved += s.fleet_cap_reserved;
             t.fleet_cap_refused += s.fleet_cap_refused;
             t.fleet_cap_fallbacks += s.fleet_cap_fallbacks;
+            t.token_cache_hits += s.token_cache_hits;
+            t.token_cache_entries += s.token_cache_entries;
             // The fleet's soonest certificate expiry.
             t.wss_cert_seconds_left = min_some(t.wss_cert_seconds_left, s.wss_cert_seconds_left);
             t.control_cert_seconds_left = min_some(t.control_cert_seconds_left, s.control_cert_seconds_left);

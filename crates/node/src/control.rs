@@ -94,6 +94,8 @@ pub fn stats(state: &NodeState) -> pb::Stats {
         fleet_cap_fallbacks: state.fleet_cap.fallbacks.load(Ordering::Relaxed),
         wss_cert_seconds_left: state.cert_expiry.wss_seconds_left(),
         control_cert_seconds_left: state.cert_expiry.control_seconds_left(),
+        token_cache_hits: state.policy.token_cache_hits(),
+        token_cache_entries: state.policy.token_cache_entries(),
     }
 }
 

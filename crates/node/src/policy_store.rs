@@ -42,6 +42,8 @@ pub struct PolicyStore {
     generation: AtomicU64,
     /// Serialises writers so that the version check and the swap are one step.
     write: std::sync::Mutex<()>,
+    /// Token cache hits of every policy this node served (each policy's cache is its own).
+    token_cache_hits: Arc<AtomicU64>,
 }
 
 impl Default for PolicyStore {
@@ -52,6 +54,7 @@ impl Default for PolicyStore {
             swaps: watch::channel(0).0,
             generation: AtomicU64::new(0),
             write: std::sync::Mutex::new(()),
+            token_cache_hits: Arc::default(),
         }
     }
 }
@@ -84,6 +87,16 @@ impl PolicyStore {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Token verifications answered by a token cache since the node started.
+    pub fn token_cache_hits(&self) -> u64 {
+        self.token_cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// Tokens the live policy's cache holds (0 when it is off).
+    pub fn token_cache_entries(&self) -> u64 {
+        self.with(|p| p.and_then(|p| p.verifier.token_cache_stats()).map_or(0, |(_, n)| n as u64))
+    }
+
     /// Changes at every swap of the live policy (not at an unchanged push).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.swaps.subscribe()
@@ -91,7 +104,8 @@ impl PolicyStore {
 
     /// Makes `compiled` live. A version not newer than the current one is refused; a
     /// document equal to the live one only moves the version.
-    pub fn store(&self, compiled: CompiledPolicy) -> Result<Stored, ApplyError> {
+    pub fn store(&self, mut compiled: CompiledPolicy) -> Result<Stored, ApplyError> {
+        compiled.verifier.count_token_cache_hits_in(self.token_cache_hits.clone());
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.version();
         if compiled.version <= current {

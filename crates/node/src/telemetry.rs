@@ -136,11 +136,16 @@ fn register(meter: &opentelemetry::metrics::Meter, state: Weak<NodeState>) {
             }
         })
         .build();
+    let s = state.clone();
     meter
         .u64_observable_counter("palisade.token_cache.hits")
         .with_description("Token verifications answered by the cache of verified tokens (auth.token_cache)")
         .with_unit("{verification}")
-        .with_callback(|o| o.observe(palisade_policy::jwt::token_cache_hits(), &[]))
+        .with_callback(move |o| {
+            if let Some(s) = s.upgrade() {
+                o.observe(s.policy().token_cache_hits(), &[]);
+            }
+        })
         .build();
     let s = state.clone();
     meter
@@ -149,8 +154,7 @@ fn register(meter: &opentelemetry::metrics::Meter, state: Weak<NodeState>) {
         .with_unit("{token}")
         .with_callback(move |o| {
             if let Some(s) = s.upgrade() {
-                let held = s.policy().load().and_then(|p| p.verifier.token_cache_stats()).map_or(0, |(_, n)| n);
-                o.observe(held as i64, &[]);
+                o.observe(s.policy().token_cache_entries() as i64, &[]);
             }
         })
         .build();

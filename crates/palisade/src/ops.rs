@@ -271,6 +271,7 @@ fn stats_json(s: &npb::Stats) -> Value {
         "messages_in": s.messages_in, "messages_out": s.messages_out, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
         "buffered_bytes": s.buffered_bytes, "egress_alerts": s.egress_alerts, "ready": s.ready, "draining": s.draining, "uptime_seconds": s.uptime_seconds,
         "fleet_cap": {"reserved": s.fleet_cap_reserved, "refused": s.fleet_cap_refused, "fallbacks": s.fleet_cap_fallbacks},
+        "token_cache": {"hits": s.token_cache_hits, "entries": s.token_cache_entries},
         "wss_cert_seconds_left": s.wss_cert_seconds_left, "control_cert_seconds_left": s.control_cert_seconds_left,
     })
 }

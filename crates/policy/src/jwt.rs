@@ -361,7 +361,6 @@ pub fn token_kid(token: &str) -> Option<String> {
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 mod cache;
-pub use cache::hits as token_cache_hits;
 mod keys;
 mod revocations;
 pub use keys::{alg_name, decoding_key, parse_alg, parse_jwks};

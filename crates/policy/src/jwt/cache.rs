@@ -21,19 +21,12 @@ use aws_lc_rs::digest;
 
 use super::{Claims, Key, KeySet, MAX_TOKEN_BYTES, TokenError, Verifier};
 
-/// Hits of every cache of this process, across policies (the node's
-/// `palisade.token_cache.hits` counter; one verifier's own count restarts with its policy).
-static ALL_HITS: AtomicU64 = AtomicU64::new(0);
-
-/// Verifications answered from a token cache since the process started.
-pub fn hits() -> u64 {
-    ALL_HITS.load(Ordering::Relaxed)
-}
-
 pub(super) struct TokenCache {
     entries: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
     /// Verifications answered from the cache.
     hits: AtomicU64,
+    /// A counter that outlives the policy (the node's, across its policies).
+    shared: Option<Arc<AtomicU64>>,
 }
 
 /// What a full check found, packed: the claims' text in one allocation, so that an entry
@@ -94,7 +87,7 @@ impl std::fmt::Debug for TokenCache {
 impl TokenCache {
     /// `None` for 0 entries (no cache).
     pub(super) fn new(entries: usize) -> Option<Self> {
-        (entries > 0).then(|| TokenCache { entries: quick_cache::sync::Cache::new(entries), hits: AtomicU64::new(0) })
+        (entries > 0).then(|| TokenCache { entries: quick_cache::sync::Cache::new(entries), hits: AtomicU64::new(0), shared: None })
     }
 
     pub(super) fn verify(&self, v: &Verifier, token: &str, now: u64, extra: Option<&KeySet>) -> Result<Claims, TokenError> {
@@ -107,7 +100,9 @@ impl TokenCache {
             && v.select_key(hit.kid(), extra).is_ok_and(|k| Arc::ptr_eq(k, &hit.key))
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            ALL_HITS.fetch_add(1, Ordering::Relaxed);
+            if let Some(all) = &self.shared {
+                all.fetch_add(1, Ordering::Relaxed);
+            }
             let claims = hit.claims();
             v.check_times(&claims, hit.nbf, now)?;
             return Ok(claims);
@@ -128,6 +123,13 @@ impl Verifier {
     /// this verifier, so a new policy starts with an empty one.
     pub fn with_token_cache(self, entries: usize) -> Self {
         Verifier { cache: TokenCache::new(entries), ..self }
+    }
+
+    /// Counts this cache's hits in `counter` too (one that outlives the policy).
+    pub fn count_token_cache_hits_in(&mut self, counter: Arc<AtomicU64>) {
+        if let Some(c) = &mut self.cache {
+            c.shared = Some(counter);
+        }
     }
 
     /// The token cache's `(hits, tokens held)`; `None` when it is off.
