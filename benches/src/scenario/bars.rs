@@ -49,7 +49,7 @@ const STEPS: &[Step] = &[
     Step { name: "memory", args: &["memory", "--connections", "15000", "--rounds", "2"] },
     Step { name: "memory-offloaded", args: &["memory-offloaded", "--rounds", "2"] },
     Step { name: "bridge", args: &["bridge"] },
-    Step { name: "peers", args: &["peers", "--handshakes", "500", "--messages", "1000", "--rounds", "3", "--idle", "1000"] },
+    Step { name: "peers", args: &["peers", "--handshakes", "500", "--messages", "4000", "--rounds", "3", "--idle", "1000"] },
 ];
 
 /// A row of the summary.
@@ -212,7 +212,7 @@ pub fn rows_of(step: &str, v: &Value) -> Vec<Row> {
                     if let Some(r) = num(v, &format!("{peer}_{key}_ratio")) {
                         rows.push(Row {
                             bar: format!("{what} vs {label}"),
-                            measured: format!("{r:.2}x"),
+                            measured: format!("{r:.3}x"),
                             target: "< 1x".into(),
                             met: Some(r < 1.0),
                         });
