@@ -81,13 +81,18 @@ impl Fixture {
         self.node_config_with(port, &self.policy)
     }
 
-    /// The same with the bench policy's token cache off (`auth.token_cache.max_entries: 0`).
+    /// The same with the bench policy's token cache off.
     pub fn node_config_no_cache(&self, port: u16) -> anyhow::Result<PathBuf> {
+        let policy = self.dir.path().join("policy-no-cache.yaml");
+        write(&policy, &self.policy_without_cache().to_yaml())?;
+        self.node_config_with(port, &policy)
+    }
+
+    /// The bench policy with `auth.token_cache.max_entries: 0`.
+    pub fn policy_without_cache(&self) -> Policy {
         let mut doc = self.policy_doc.clone();
         doc.auth.token_cache.max_entries = 0;
-        let policy = self.dir.path().join("policy-no-cache.yaml");
-        write(&policy, &doc.to_yaml())?;
-        self.node_config_with(port, &policy)
+        doc
     }
 
     fn node_config_with(&self, port: u16, policy: &std::path::Path) -> anyhow::Result<PathBuf> {
@@ -136,9 +141,7 @@ impl Fixture {
 /// the node's own verifier (`palisade_policy`), in microseconds, in this process: the full
 /// check, without the cache of verified tokens.
 pub fn es256_verify_us(f: &Fixture) -> anyhow::Result<f64> {
-    let mut doc = f.policy_doc.clone();
-    doc.auth.token_cache.max_entries = 0;
-    let compiled = doc.compile(1)?;
+    let compiled = f.policy_without_cache().compile(1)?;
     let tokens = f.bearer_tokens(1)?;
     let token = tokens.first().and_then(|t| t.strip_prefix("Bearer ")).context("no token")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

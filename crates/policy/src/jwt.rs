@@ -230,23 +230,24 @@ impl Verifier {
     /// Verifies with the policy's keys and, for kids they lack, the keys of `extra`
     /// (fetched from the JWKS URL); a token verified before comes from the cache.
     pub fn verify_with(&self, token: &str, now: u64, extra: Option<&KeySet>) -> Result<Claims, TokenError> {
+        // What is not a compact JWS is refused unread (and unhashed by the cache).
+        if token.len() > MAX_TOKEN_BYTES || token.bytes().filter(|b| *b == b'.').count() != 2 {
+            return Err(TokenError::Invalid("malformed"));
+        }
         match &self.cache {
             Some(cache) => cache.verify(self, token, now, extra),
             None => self.verify_uncached(token, now, extra).map(|(c, ..)| c),
         }
     }
 
-    /// The full check: signature and claims.
-    /// Also gives `nbf` and the key that verified it (for the cache).
+    /// The full check of a compact JWS (its shape checked by `verify_with`): signature and
+    /// claims. Also gives `nbf` and the key that verified it (for the cache).
     fn verify_uncached<'a>(
         &'a self,
         token: &str,
         now: u64,
         extra: Option<&'a KeySet>,
     ) -> Result<(Claims, Option<u64>, &'a Arc<Key>), TokenError> {
-        if token.len() > MAX_TOKEN_BYTES || token.bytes().filter(|b| *b == b'.').count() != 2 {
-            return Err(TokenError::Invalid("malformed"));
-        }
         let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Invalid("malformed"))?;
         let (header_b64, claims_b64) = message.split_once('.').ok_or(TokenError::Invalid("malformed"))?;
         let header = parse_header(header_b64)?;
