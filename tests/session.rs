@@ -426,3 +426,118 @@ async fn control_messages_count_against_the_rate_and_limits_follow_pushes() {
     send(&mut ws, &big).await;
     assert_eq!(text(&mut ws).await, big);
 }
+
+/// A bridged session relays the whole messages of one read as a run (the node's fast
+/// path): frames sent in one write arrive in one read, and every message rule still
+/// holds in the middle of a run, for the message that breaks it and not the ones before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridged_bursts_keep_every_message_rule() {
+    use palisade_testkit::{OP_BINARY, OP_PING, OP_PONG, OP_TEXT, RawWs, masked, upgrade_request};
+    let up = UpstreamServer::start().await;
+    let key = TestKey::generate("k", "ES256");
+    let mut p = policy(&[&key]);
+    p.limits.messages.max_bytes = 1024;
+    p.limits.messages.per_second = 0.5;
+    p.limits.messages.burst = 30;
+    let schema = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(schema.path(), r#"{"type":"object","required":["kind"]}"#).expect("schema");
+    let (url, schema_path) = (up.url(), schema.path().to_owned());
+    let node = TestNode::start(Some(&p), move |c| {
+        for (path, binary, schema) in [("/app", true, None), ("/app-text", false, None), ("/app-schema", true, Some(schema_path))] {
+            c.routes.push(route(path, |r| {
+                r.echo = false;
+                r.upstream = Some(url.clone());
+                r.allow_binary = binary;
+                r.schema = schema;
+            }));
+        }
+    })
+    .await;
+    let token = key.token(json!({}));
+    let open = |path: &'static str| {
+        let head = upgrade_request(path, &format!("Origin: https://app.example.com\r\nAuthorization: Bearer {token}\r\n"));
+        let node = &node;
+        async move { node.raw_ws(&head).await }
+    };
+    let burst = |frames: &[Vec<u8>]| frames.concat();
+    let texts = |n: usize| (0..n).map(|i| masked(OP_TEXT, format!("m{i}").as_bytes())).collect::<Vec<_>>();
+    let within = Duration::from_secs(5);
+
+    // Twenty messages in one write come back in order, then binary and text after them.
+    let RawWs { mut reader, mut writer, .. } = open("/app").await;
+    writer.send(&burst(&texts(20))).await.expect("send");
+    for i in 0..20 {
+        assert_eq!(reader.next_data(within).await.expect("echo").payload, format!("up:m{i}").into_bytes());
+    }
+    writer.send(&burst(&[masked(OP_BINARY, &[1, 2, 3]), masked(OP_TEXT, b"after")])).await.expect("send");
+    assert_eq!(reader.next_data(within).await.expect("binary").payload, vec![1, 2, 3]);
+    assert_eq!(reader.next_data(within).await.expect("text").payload, b"up:after".to_vec());
+    // Relayed messages are counted as every message is, both ways (the egress rules read
+    // the bytes out).
+    let counters = node.handle.state.registry().list(&Selector::All, None, 1)[0].counters.clone();
+    let payload = (0..20).map(|i| format!("m{i}").len() as u64).sum::<u64>() + 3 + 5;
+    let echoed = (0..20).map(|i| format!("up:m{i}").len() as u64).sum::<u64>() + 3 + 8;
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!((read(&counters.messages_in), read(&counters.bytes_in)), (22, payload));
+    assert_eq!((read(&counters.messages_out), read(&counters.bytes_out)), (22, echoed));
+    drop((reader, writer));
+    eventually(within, "the session gone", || async { node.handle.state.registry().is_empty().then_some(()) }).await;
+
+    // A Ping and an in-band control message in a run are the node's to answer, not the
+    // upstream's; the messages around them are relayed in their order.
+    let RawWs { mut reader, mut writer, .. } = open("/app").await;
+    let mixed = [masked(OP_TEXT, b"a"), masked(OP_PING, b"p"), masked(OP_TEXT, br#"{"type":"ping"}"#), masked(OP_TEXT, b"b")];
+    writer.send(&burst(&mixed)).await.expect("send");
+    let (mut relayed, mut answered) = (Vec::new(), Vec::new());
+    while relayed.len() + answered.len() < 4 {
+        let f = reader.next_frame(within).await.expect("frame");
+        match (f.opcode, f.payload.starts_with(b"up:")) {
+            (OP_TEXT, true) => relayed.push(f.payload),
+            (OP_TEXT | OP_PONG, false) => answered.push((f.opcode, f.payload)),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(relayed, [b"up:a".to_vec(), b"up:b".to_vec()]);
+    answered.sort();
+    assert_eq!(answered, [(OP_TEXT, br#"{"type":"pong"}"#.to_vec()), (OP_PONG, b"p".to_vec())]);
+
+    // The rate: the burst's thirty tokens relay thirty messages; the thirty-first closes
+    // the session with 4029 and neither it nor any after it reaches the upstream.
+    let RawWs { mut reader, mut writer, .. } = open("/app").await;
+    writer.send(&burst(&texts(40))).await.expect("send");
+    let code = loop {
+        let f = reader.next_frame(within).await.expect("frame");
+        if let Some(code) = f.close_code() {
+            break code;
+        }
+        let n: usize = std::str::from_utf8(&f.payload).expect("utf8").trim_start_matches("up:m").parse().expect("echo");
+        assert!(n < 30, "message {n} was over the rate and reached the upstream");
+    };
+    assert_eq!(code, 4029);
+
+    // Text that is not UTF-8, a message over max_bytes, and binary where the route
+    // forbids it, each after a good message in the same run: the good one reaches the
+    // upstream, the bad one closes the session with its code and never does.
+    for (path, bad, want) in [
+        ("/app", masked(OP_TEXT, &[0xff, 0xfe]), 1007),
+        ("/app", masked(OP_TEXT, &[b'x'; 1025]), 1009),
+        ("/app-text", masked(OP_BINARY, &[1]), 1008),
+    ] {
+        let before = up.requests().len();
+        let RawWs { mut reader, mut writer, .. } = open(path).await;
+        writer.send(&burst(&[masked(OP_TEXT, format!("ok{want}").as_bytes()), bad])).await.expect("send");
+        assert_eq!(reader.close_code(within).await, Ok(want), "{path}");
+        let good = format!("ok{want}").into_bytes();
+        eventually(within, "the good message at the upstream", || async { up.requests()[before].messages.contains(&good).then_some(()) })
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(up.requests()[before].messages, [good], "{path}: only the message before the bad one");
+    }
+
+    // A route with a schema judges every text message: the violation is answered by the
+    // node, the valid message relayed.
+    let RawWs { mut reader, mut writer, .. } = open("/app-schema").await;
+    writer.send(&burst(&[masked(OP_TEXT, b"not json"), masked(OP_TEXT, br#"{"kind":"chat"}"#)])).await.expect("send");
+    assert_eq!(reader.next_data(within).await.expect("reply").payload, br#"{"type":"error","error":"schema_violation"}"#.to_vec());
+    assert_eq!(reader.next_data(within).await.expect("echo").payload, br#"up:{"kind":"chat"}"#.to_vec());
+}

@@ -106,15 +106,14 @@ pub fn run(
     let limits = Arc::new(Limits::new(&policy));
     let outbox = Outbox::new(state.clone(), counters.clone(), limits.clone(), &acc.claims.sub);
     let up = upstream.map(|link| Box::new(io::Upstream::new(PrefixedUpstream::new(link.upstream.stream, link.upstream.leftover))));
-    let io = io::Io::new(stream, outbox, policy.limits.messages.rate.burst, up);
+    let mut io = io::Io::new(stream, outbox, policy.limits.messages.rate.burst, up);
+    io.relay = io::RelayRules { allow_binary: acc.route.allow_binary, schema: acc.route.schema.is_some() };
     let mut s = machine::Session {
         state,
-        tokens: policy.limits.messages.rate.burst as f64,
         policy,
         acc,
         io,
         limits,
-        last_refill: Instant::now(),
         schema_violations: 0,
         warned_for_exp: None,
         authenticated_at: crate::handshake::unix_now(),
@@ -195,6 +194,7 @@ mod tests {
         let session = size_of::<super::machine::Session>();
         let io = size_of::<super::io::Io<crate::http::ClientStream, crate::upstream::PrefixedUpstream>>();
         assert!(session <= 900, "Session is {session} bytes");
-        assert!(io <= 400, "Io is {io} bytes (the upstream side is boxed)");
+        // Io holds the message bucket (the relay takes from it), inside the Session.
+        assert!(io <= 416, "Io is {io} bytes (the upstream side is boxed)");
     }
 }

@@ -8,6 +8,8 @@ use super::*;
 pub struct Recorded {
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The data messages of the connection, in their order (text as its bytes).
+    pub messages: Vec<Vec<u8>>,
 }
 
 impl Recorded {
@@ -17,7 +19,7 @@ impl Recorded {
 }
 
 /// A real WebSocket server (tokio-tungstenite) standing in for the application. It
-/// records every handshake and behaves by the messages it gets:
+/// records every handshake and every data message, and behaves by the messages it gets:
 /// - `close:<code>`: closes with that code;
 /// - `drop`: drops the TCP connection without a close frame;
 /// - `masked`: sends a masked text frame, which a server must never send (RFC 6455 5.1);
@@ -97,23 +99,31 @@ impl UpstreamServer {
 
 /// One upstream connection: record the handshake, then behave by the messages.
 async fn serve_upstream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(tcp: S, seen: Arc<std::sync::Mutex<Vec<Recorded>>>) {
+    let mut index = None;
     #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let cb = |req: &tungstenite::handshake::server::Request, mut resp: tungstenite::handshake::server::Response| {
         let rec = Recorded {
             path: req.uri().to_string(),
             headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned())).collect(),
+            messages: Vec::new(),
         };
         if let Some(first) = rec.header("sec-websocket-protocol").and_then(|p| p.split(',').next()).map(|s| s.trim().to_owned())
             && let Ok(v) = http::HeaderValue::from_str(&first)
         {
             resp.headers_mut().insert("sec-websocket-protocol", v);
         }
-        seen.lock().expect("lock").push(rec);
+        let mut seen = seen.lock().expect("lock");
+        index = Some(seen.len());
+        seen.push(rec);
         Ok(resp)
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else { return };
+    let Some(index) = index else { return };
     use futures_util::{SinkExt as _, StreamExt as _};
     while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Text(_) | Message::Binary(_) = &msg {
+            seen.lock().expect("lock")[index].messages.push(msg.clone().into_data().to_vec());
+        }
         match msg {
             Message::Text(t) => {
                 let t = t.as_str();

@@ -342,7 +342,9 @@ pub enum ReadError {
 }
 
 mod assembler;
+mod run;
 pub use assembler::Assembler;
+pub use run::Run;
 
 #[cfg(test)]
 mod tests;

@@ -80,7 +80,7 @@ pub async fn client_reader<R: AsyncRead + Unpin>(state: Arc<NodeState>, policy: 
     queued.extend(io.outbox.wire.queued().map(|o| match o {
         Out::Pong(p) => Queued::Pong(p.to_vec()),
         Out::Close { code, reason } => Queued::Close(*code, reason.clone()),
-        Out::Data { .. } | Out::Ping => Queued::Other,
+        Out::Data { .. } | Out::Frames(_) | Out::Ping => Queued::Other,
     }));
     (events, queued)
 }

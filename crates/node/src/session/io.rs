@@ -2,7 +2,8 @@
 //! client frames (answering Pings, checking closes), writes what is queued for the
 //! client, and on upstream routes does the same with the upstream (frames of a client
 //! role: masked out, unmasked in). What needs the session's rules comes out as an
-//! [`IoEvent`]; everything else (Pongs, close replies) is handled here.
+//! [`IoEvent`]; everything else (Pongs, close replies) is handled here. On bridged
+//! routes the whole messages of a small read go on as one run ([`relay`]).
 //!
 //! Frames already read are served before any socket is polled, and writes are flushed
 //! before the next read: a burst of client messages is answered in one write. While the
@@ -18,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{self, Assembler, DISCARD_BUDGET, Decoder, Frame, FrameError, Inbound, parse_close};
-use super::limits::PingBucket;
+use super::limits::{MessageBucket, PingBucket};
 use super::outbox::{Out, Outbox, Wire};
 
 /// Frames queued for the upstream before the client is read no more.
@@ -38,6 +39,8 @@ pub enum IoEvent {
     /// The upstream's stream ended or failed, or it took nothing for
     /// [`UPSTREAM_SEND_TIMEOUT`].
     UpstreamFailed,
+    /// A run of whole client messages was judged and queued for the upstream ([`relay`]).
+    Relayed,
 }
 
 /// How far the client's side is read.
@@ -73,6 +76,10 @@ pub(super) struct Io<C, U> {
     pub(super) outbox: Outbox,
     assembler: Assembler,
     pings: PingBucket,
+    /// The client's message rate (the session's rules and the relay take from it).
+    messages: MessageBucket,
+    /// The route's rules for relayed messages.
+    pub(super) relay: RelayRules,
     reading: Reading,
     discard_budget: usize,
     /// When the client last sent a frame (the idle timeout).
@@ -93,12 +100,19 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
             outbox,
             assembler: Assembler::default(),
             pings: PingBucket { tokens: burst as f64, at: Instant::now() },
+            messages: MessageBucket::new(burst),
+            relay: RelayRules::default(),
             reading: Reading::Open,
             discard_budget: DISCARD_BUDGET,
             last_seen: Instant::now(),
             read_at: None,
             up,
         }
+    }
+
+    /// One client message's token, at the time its frame was read.
+    pub(super) fn take_message_token(&mut self) -> bool {
+        self.messages.take(self.last_seen, self.outbox.limits.rate())
     }
 
     /// Queues a message for the upstream. `false`: the upstream is gone.
@@ -115,6 +129,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
         loop {
             // Frames already read first: no socket is polled while one is there.
             while self.client_readable() {
+                if let Some(ev) = self.relay_client() {
+                    return Poll::Ready(ev);
+                }
                 match self.dec.try_frame(self.outbox.limits.max_message_bytes()) {
                     Ok(Some(f)) => {
                         if let Some(ev) = self.on_client_frame(f) {
@@ -215,6 +232,15 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
         // included (at most 14 bytes).
         let limit = usize::try_from(self.outbox.limits.max_buffered_bytes()).unwrap_or(usize::MAX).saturating_sub(14);
         loop {
+            if u.assembler.is_idle()
+                && let Some(run) = u.dec.take_run(limit, |binary, p| binary || std::str::from_utf8(p).is_ok(), || [0; 4])
+            {
+                // Whole messages in one piece, for the client as they are.
+                if self.outbox.frames(run).is_err() {
+                    return Some(self.report(Inbound::SlowConsumer));
+                }
+                continue;
+            }
             let f = match u.dec.try_frame(limit) {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
@@ -311,6 +337,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
         if written && up_written && self.reading == Reading::Done { Poll::Ready(()) } else { Poll::Pending }
     }
 }
+
+mod relay;
+pub(super) use relay::RelayRules;
 
 fn frame_error(e: FrameError) -> Inbound {
     match e {

@@ -67,3 +67,30 @@ impl PingBucket {
         }
     }
 }
+
+/// The client's message rate: a token bucket refilled by the time each message's frame
+/// was read (never earlier than its last refill).
+pub(super) struct MessageBucket {
+    tokens: f64,
+    last_refill: Instant,
+}
+
+impl MessageBucket {
+    pub(super) fn new(burst: u64) -> MessageBucket {
+        MessageBucket { tokens: burst as f64, last_refill: Instant::now() }
+    }
+
+    /// One message's token, at `read_at`.
+    pub(super) fn take(&mut self, read_at: Instant, (per_second, burst): (f64, f64)) -> bool {
+        let now = read_at.max(self.last_refill);
+        let elapsed = now.duration_since(self.last_refill).as_secs_f64();
+        self.last_refill = now;
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use palisade_policy::control_msg;
@@ -41,8 +41,6 @@ pub(super) struct Session {
     pub(super) acc: Accepted,
     pub(super) io: Io<ClientStream, PrefixedUpstream>,
     pub(super) limits: Arc<Limits>,
-    pub(super) tokens: f64,
-    pub(super) last_refill: Instant,
     pub(super) schema_violations: u32,
     pub(super) warned_for_exp: Option<u64>,
     /// When the client last authenticated (the handshake, then each refresh), unix
@@ -215,6 +213,8 @@ impl Session {
     fn on_io(&mut self, ev: IoEvent, pending: &mut Option<Refresh>) -> Flow {
         match ev {
             IoEvent::Client(Inbound::Message { binary, data }) => self.on_message(binary, data, pending),
+            // Judged and queued in `Io` already: the loop's turn serves commands and timers.
+            IoEvent::Relayed => Flow::Continue,
             IoEvent::Client(Inbound::TooBig) => close_with(close::TOO_BIG, "message too big"),
             IoEvent::Client(Inbound::Invalid) => close_with(close::PROTOCOL_ERROR, "protocol error"),
             IoEvent::Client(Inbound::InvalidUtf8) => close_with(close::INVALID_DATA, "invalid UTF-8"),

@@ -70,7 +70,7 @@ impl Wire {
     fn own_last(&mut self, n: usize) {
         let from = self.queue.len().saturating_sub(n);
         for item in self.queue.range_mut(from..) {
-            if let Out::Data { data, .. } = item {
+            if let Out::Data { data, .. } | Out::Frames(data) = item {
                 *data = Bytes::copy_from_slice(data);
             }
         }
@@ -123,7 +123,7 @@ impl Wire {
                     if skip(&item) {
                         release(item.cost());
                     } else {
-                        let mask = rng.as_mut().map(|r| r.random::<[u8; 4]>());
+                        let mask = rng.as_mut().filter(|_| !matches!(item, Out::Frames(_))).map(|r| r.random::<[u8; 4]>());
                         self.closed = encode_out(&mut self.buf, &item, mask);
                         self.in_flight += item.cost();
                     }
@@ -249,14 +249,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// Counts a message received from the client toward the session's and the node's
+    /// Counts messages received from the client toward the session's and the node's
     /// counters (at the next [`Outbox::flush_accounting`]: the session polls its writes
     /// after every read).
-    pub(super) fn received(&mut self, bytes: usize) {
-        if self.unflushed_in.1 as usize + bytes > u32::MAX as usize {
+    pub(super) fn received(&mut self, messages: u32, bytes: usize) {
+        if self.unflushed_in.1 as usize + bytes > u32::MAX as usize || self.unflushed_in.0.checked_add(messages).is_none() {
             self.flush_accounting();
         }
-        self.unflushed_in.0 += 1;
+        self.unflushed_in.0 += messages;
         self.unflushed_in.1 += bytes as u32;
     }
 
@@ -313,7 +313,7 @@ impl Outbox {
             |n| {
                 counters.buffered.fetch_sub(n, Ordering::Relaxed);
             },
-            |item| discard && matches!(item, Out::Data { .. } | Out::Pong(_)),
+            |item| discard && matches!(item, Out::Data { .. } | Out::Frames(_) | Out::Pong(_)),
         );
         // What waits for a slow client owns its bytes, so that a queued message never
         // keeps more memory alive than it is accounted for; each payload is copied at

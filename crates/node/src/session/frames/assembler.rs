@@ -38,6 +38,11 @@ impl Partial {
 }
 
 impl Assembler {
+    /// No fragmented message is being reassembled.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_none()
+    }
+
     /// Feeds a data frame (text, binary or continuation). `Ok(None)`: more fragments to
     /// come. `Err` ends the connection with the event it carries.
     pub fn push(&mut self, fin: bool, opcode: u8, payload: Bytes, limit: usize) -> Result<Option<Inbound>, Inbound> {

@@ -195,3 +195,91 @@ fn frames_bound_for_the_upstream_share_only_a_small_read() {
     let first = dec.try_frame(1024).expect("ok").expect("frame");
     assert!(first.payload.try_into_mut().is_ok(), "an allocation of its own");
 }
+
+/// Parses the client frames of a run, unmasking each with the key in its header.
+fn unmasked_frames(mut wire: &[u8]) -> Vec<(u8, [u8; 4], Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Ok(Some(h)) = parse_header(wire, usize::MAX) {
+        let mut p = wire[h.header_len..h.header_len + h.len].to_vec();
+        unmask(&mut p, h.mask);
+        out.push((h.opcode, h.mask, p));
+        wire = &wire[h.header_len + h.len..];
+    }
+    out
+}
+
+#[test]
+fn a_run_takes_whole_messages_up_to_the_first_frame_for_the_slow_path() {
+    let mut bytes = frame(0x81, b"one", true);
+    bytes.extend(frame(0x82, &[1, 2, 3], true));
+    let stop = bytes.len();
+    bytes.extend(frame(0x89, b"ping", true));
+    bytes.extend(frame(0x81, b"two", true));
+    let mut dec = Decoder::client_to_upstream();
+    dec.buf.extend_from_slice(&bytes);
+    let mut seen = Vec::new();
+    let mut keys = [[9, 9, 9, 9], [7, 7, 7, 7]].into_iter();
+    let run = dec
+        .take_run(
+            1024,
+            |binary, p| {
+                seen.push((binary, p.to_vec()));
+                true
+            },
+            || keys.next().expect("a key per frame"),
+        )
+        .expect("a run");
+    assert_eq!(seen, [(false, b"one".to_vec()), (true, vec![1, 2, 3])], "the judge sees unmasked payloads");
+    assert_eq!((run.messages, run.payload_bytes, run.frames.len()), (2, 6, stop));
+    // Masked again with the node's keys (never the client's), the header patched.
+    let frames = unmasked_frames(&run.frames);
+    assert_eq!(frames, [(OP_TEXT, [9, 9, 9, 9], b"one".to_vec()), (OP_BINARY, [7, 7, 7, 7], vec![1, 2, 3])]);
+    // The Ping stops the run and stays for the slow path as it came, and so does what
+    // follows it.
+    assert!(dec.take_run(1024, |_, _| true, || [0; 4]).is_none());
+    assert_eq!(&dec.buf[..], &bytes[stop..]);
+    let ping = dec.try_frame(1024).expect("ok").expect("frame");
+    assert_eq!((ping.opcode, &ping.payload[..]), (OP_PING, &b"ping"[..]));
+    let run = dec.take_run(1024, |_, _| true, || [1, 2, 3, 4]).expect("the rest");
+    assert_eq!(unmasked_frames(&run.frames), [(OP_TEXT, [1, 2, 3, 4], b"two".to_vec())]);
+    assert_eq!(dec.capacity(), 0, "the read buffer is released once consumed");
+}
+
+#[test]
+fn a_refused_or_unusual_frame_stays_untouched_for_the_slow_path() {
+    let refused = |bytes: &[u8], judge: bool| {
+        let mut dec = Decoder::client_to_upstream();
+        dec.buf.extend_from_slice(bytes);
+        assert!(dec.take_run(1024, |_, _| judge, || [5; 4]).is_none(), "{bytes:02x?}");
+        assert_eq!(&dec.buf[..], bytes, "left as it came");
+    };
+    refused(&frame(0x81, b"no", true), false);
+    refused(&frame(0x01, b"fragment", true), true);
+    refused(&frame(0x81, &[b'x'; 1025], true), true);
+    refused(&frame(0x81, b"cut", true)[..5], true);
+    refused(&frame(0xC1, b"rsv", true), true);
+    // A length not in its shortest form (126 for 3 bytes) goes to the slow path.
+    let mut long = vec![0x81, 0x80 | 126, 0, 3, 1, 2, 3, 4];
+    long.extend([b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
+    refused(&long, true);
+    // A large read is never relayed (a run would keep it alive).
+    let mut dec = Decoder::client_to_upstream();
+    dec.buf.extend_from_slice(&frame(0x81, b"x", true));
+    dec.big = true;
+    assert!(dec.take_run(1024, |_, _| true, || [0; 4]).is_none());
+    // Frames for the client's outbox (echo routes) are never relayed.
+    let mut dec = Decoder::client();
+    dec.buf.extend_from_slice(&frame(0x81, b"x", true));
+    assert!(dec.take_run(1024, |_, _| true, || [0; 4]).is_none());
+}
+
+#[test]
+fn a_servers_run_is_passed_on_unchanged() {
+    let mut bytes = frame(0x81, b"hello", false);
+    bytes.extend(frame(0x82, &[0; 200], false));
+    let mut dec = Decoder::server();
+    dec.buf.extend_from_slice(&bytes);
+    let run = dec.take_run(1024, |_, _| true, || unreachable!("server frames are not masked")).expect("run");
+    assert_eq!((&run.frames[..], run.messages, run.payload_bytes), (&bytes[..], 2, 205));
+    assert_eq!(dec.capacity(), 0);
+}

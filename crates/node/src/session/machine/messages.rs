@@ -8,29 +8,14 @@ use palisade_policy::{Claims, TokenError};
 use super::*;
 
 impl Session {
-    /// One message's token, at the time its frame was read.
-    fn take_token(&mut self) -> bool {
-        let rate = self.policy.limits.messages.rate;
-        let now = self.io.last_seen.max(self.last_refill);
-        let elapsed = now.duration_since(self.last_refill).as_secs_f64();
-        self.last_refill = now;
-        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst as f64);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
     pub(super) fn on_message(&mut self, binary: bool, data: Bytes, pending: &mut Option<Refresh>) -> Flow {
         // Counted once per read, not per message (`Outbox::received`).
-        self.io.outbox.received(data.len());
+        self.io.outbox.received(1, data.len());
         if data.len() > self.limits.max_message_bytes() {
             return close_with(close::TOO_BIG, "message too big");
         }
         // Control messages count too: a refresh costs a signature check.
-        if !self.take_token() {
+        if !self.io.take_message_token() {
             return close_with(close::RATE_LIMITED, "message rate limit");
         }
         if !binary && let Some(ctl) = control_msg::parse(&data) {

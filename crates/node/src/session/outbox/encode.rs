@@ -19,12 +19,16 @@ pub enum Out {
         code: u16,
         reason: String,
     },
+    /// Whole data frames encoded for this side already (a relayed run,
+    /// [`crate::session::frames::Run`]): written as they are.
+    Frames(Bytes),
 }
 
 impl Out {
     /// Bytes on the wire, as accounted.
     pub(super) fn cost(&self) -> u64 {
         let payload = match self {
+            Out::Frames(f) => return f.len() as u64,
             Out::Data { data, .. } => data.len(),
             Out::Ping => 0,
             Out::Pong(p) => p.len(),
@@ -82,6 +86,7 @@ fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8;
 /// last one).
 pub(super) fn encode_out(out: &mut Vec<u8>, item: &Out, mask: Option<[u8; 4]>) -> bool {
     match item {
+        Out::Frames(f) => out.extend_from_slice(f),
         Out::Data { binary, data } => encode_frame(out, if *binary { OP_BINARY } else { OP_TEXT }, data, mask),
         Out::Ping => encode_frame(out, OP_PING, b"", mask),
         Out::Pong(p) => encode_frame(out, OP_PONG, p, mask),
@@ -97,4 +102,16 @@ pub(super) fn encode_out(out: &mut Vec<u8>, item: &Out, mask: Option<[u8; 4]>) -
         }
     }
     false
+}
+
+impl super::Outbox {
+    /// Queues a relayed run of the upstream's messages, accounted like the messages it
+    /// holds (each frame's wire size). Over `max_buffered_bytes` it is refused.
+    pub fn frames(&mut self, run: crate::session::frames::Run) -> Result<(), super::SlowConsumer> {
+        self.queue(Out::Frames(run.frames), false)?;
+        self.unowned = self.unowned.saturating_add(1);
+        self.unflushed.0 += u64::from(run.messages);
+        self.unflushed.1 += run.payload_bytes;
+        Ok(())
+    }
 }
