@@ -514,6 +514,11 @@ async fn bridged_bursts_keep_every_message_rule() {
         assert!(n < 30, "message {n} was over the rate and reached the upstream");
     };
     assert_eq!(code, 4029);
+    let first_thirty: Vec<Vec<u8>> = (0..30).map(|i| format!("m{i}").into_bytes()).collect();
+    let at_upstream = || up.requests().last().map(|r| r.messages.clone()).unwrap_or_default();
+    eventually(within, "thirty messages at the upstream", || async { (at_upstream().len() >= 30).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(at_upstream(), first_thirty, "exactly the thirty the rate allowed, in order");
 
     // Text that is not UTF-8, a message over max_bytes, and binary where the route
     // forbids it, each after a good message in the same run: the good one reaches the
@@ -533,6 +538,13 @@ async fn bridged_bursts_keep_every_message_rule() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(up.requests()[before].messages, [good], "{path}: only the message before the bad one");
     }
+
+    // The upstream's messages are judged too: text that is not UTF-8 fails the session
+    // (1011) after the good message before it, and never reaches the client.
+    let RawWs { mut reader, mut writer, .. } = open("/app").await;
+    writer.send(&masked(OP_TEXT, b"badutf8")).await.expect("send");
+    assert_eq!(reader.next_data(within).await.expect("the good one").payload, b"ok".to_vec());
+    assert_eq!(reader.close_code(within).await, Ok(1011));
 
     // A route with a schema judges every text message: the violation is answered by the
     // node, the valid message relayed.

@@ -23,6 +23,7 @@ impl Recorded {
 /// - `close:<code>`: closes with that code;
 /// - `drop`: drops the TCP connection without a close frame;
 /// - `masked`: sends a masked text frame, which a server must never send (RFC 6455 5.1);
+/// - `badutf8`: sends a text frame that is not UTF-8 (`ff fe`), after a good one;
 /// - `flood:<n>`: sends n messages of 16 KiB as fast as it can;
 /// - anything else: echoed back prefixed with `up:` (binary echoed as is).
 ///
@@ -134,12 +135,14 @@ async fn serve_upstream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
                     return;
                 } else if t == "drop" {
                     return; // drops the socket: no close frame
-                } else if t == "masked" {
+                } else if t == "masked" || t == "badutf8" {
                     use tokio::io::AsyncWriteExt as _;
                     let (mask, payload) = ([1u8, 2, 3, 4], *b"hi");
-                    let frame = [0x81, 0x80 | 2, mask[0], mask[1], mask[2], mask[3], payload[0] ^ mask[0], payload[1] ^ mask[1]];
+                    let masked = [0x81, 0x80 | 2, mask[0], mask[1], mask[2], mask[3], payload[0] ^ mask[0], payload[1] ^ mask[1]];
+                    let bad: &[u8] = &[0x81, 2, b'o', b'k', 0x81, 2, 0xff, 0xfe];
                     let raw = ws.get_mut();
-                    if raw.write_all(&frame).await.is_err() || raw.flush().await.is_err() {
+                    let frame = if t == "masked" { &masked[..] } else { bad };
+                    if raw.write_all(frame).await.is_err() || raw.flush().await.is_err() {
                         return;
                     }
                 } else if let Some(n) = t.strip_prefix("flood:").and_then(|n| n.parse::<usize>().ok()) {

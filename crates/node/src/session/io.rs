@@ -22,7 +22,8 @@ use super::frames::{self, Assembler, DISCARD_BUDGET, Decoder, Frame, FrameError,
 use super::limits::{MessageBucket, PingBucket};
 use super::outbox::{Out, Outbox, Wire};
 
-/// Frames queued for the upstream before the client is read no more.
+/// Entries (frames, or relayed runs of one small read) queued for the upstream before
+/// the client is read no more.
 pub(super) const UPSTREAM_QUEUE: usize = 64;
 /// How long the upstream's queue may stay full before the session fails (1011).
 pub(super) const UPSTREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -246,6 +246,30 @@ fn a_run_takes_whole_messages_up_to_the_first_frame_for_the_slow_path() {
 }
 
 #[test]
+fn a_run_ends_at_the_first_message_the_judge_refuses_or_the_read_cut() {
+    for (second, judged) in [(frame(0x81, b"no", true), 2), (frame(0x81, b"cut", true)[..8].to_vec(), 1)] {
+        let mut bytes = frame(0x81, b"yes", true);
+        let stop = bytes.len();
+        bytes.extend(&second);
+        let mut dec = Decoder::client_to_upstream();
+        dec.buf.extend_from_slice(&bytes);
+        let mut seen = 0;
+        let run = dec
+            .take_run(
+                1024,
+                |_, p| {
+                    seen += 1;
+                    p == b"yes"
+                },
+                || [3; 4],
+            )
+            .expect("the first message");
+        assert_eq!((run.messages, run.frames.len(), seen), (1, stop, judged));
+        assert_eq!(&dec.buf[..], &second[..], "the rest as it came");
+    }
+}
+
+#[test]
 fn a_refused_or_unusual_frame_stays_untouched_for_the_slow_path() {
     let refused = |bytes: &[u8], judge: bool| {
         let mut dec = Decoder::client_to_upstream();
@@ -257,6 +281,7 @@ fn a_refused_or_unusual_frame_stays_untouched_for_the_slow_path() {
     refused(&frame(0x01, b"fragment", true), true);
     refused(&frame(0x81, &[b'x'; 1025], true), true);
     refused(&frame(0x81, b"cut", true)[..5], true);
+    refused(&frame(0x81, b"cut", true)[..8], true);
     refused(&frame(0xC1, b"rsv", true), true);
     // A length not in its shortest form (126 for 3 bytes) goes to the slow path.
     let mut long = vec![0x81, 0x80 | 126, 0, 3, 1, 2, 3, 4];
