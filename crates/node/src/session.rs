@@ -194,7 +194,8 @@ mod tests {
         let session = size_of::<super::machine::Session>();
         let io = size_of::<super::io::Io<crate::http::ClientStream, crate::upstream::PrefixedUpstream>>();
         assert!(session <= 900, "Session is {session} bytes");
-        // Io holds the message bucket (the relay takes from it), inside the Session.
-        assert!(io <= 416, "Io is {io} bytes (the upstream side is boxed)");
+        // Io holds the message bucket the relay takes from (moved out of the Session, which
+        // contains Io): Session 816 / Io 416 bytes in release, 824 / 424 in debug builds.
+        assert!(io <= 424, "Io is {io} bytes (the upstream side is boxed)");
     }
 }
