@@ -225,6 +225,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Controller { config, insecure_control_plane, .. } => {
             init_logging(false)?;
+            let shutdown = crate::shutdown::listen();
             let cfg = palisade_controller::ControllerConfig::load(&config, insecure_control_plane)?;
             if insecure_control_plane {
                 tracing::warn!(event = "insecure_control_plane", "the control plane is PLAIN TEXT without client authentication");
@@ -236,7 +237,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             };
             let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
             let handle = controller.serve(listener, tls, etcd).await;
-            crate::shutdown::wait_for_shutdown().await;
+            shutdown.wait().await;
             handle.stop();
             handle.join().await;
             Ok(())
@@ -259,11 +260,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node { config, insecure_control_plane, .. } => {
             init_logging(false)?;
+            let shutdown = crate::shutdown::listen();
             let mut cfg = palisade_node::NodeConfig::load_with(&config, insecure_control_plane)?;
             cfg.insecure_control_plane = insecure_control_plane;
             let node = palisade_node::Node::bind(cfg).await?;
             let handle = node.spawn().await;
-            crate::shutdown::wait_for_shutdown().await;
+            shutdown.wait().await;
             handle.drain().await;
             handle.join().await;
             Ok(())

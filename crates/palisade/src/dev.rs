@@ -226,10 +226,12 @@ pub fn node_config(files: &DevFiles, i: usize, upstream: Option<&str>) -> NodeCo
 }
 
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    // SIGTERM (a supervisor, `kill`, a container stop) drains like Ctrl-C, from before
+    // `endpoints.json` says the fleet is up.
+    let shutdown = crate::shutdown::listen();
     let fleet = start(&opts).await?;
     print_banner(&opts, &fleet);
-    // SIGTERM (a supervisor, `kill`, a container stop) drains like Ctrl-C.
-    crate::shutdown::wait_for_shutdown().await;
+    shutdown.wait().await;
     eprintln!("draining...");
     fleet.shutdown().await;
     Ok(())
