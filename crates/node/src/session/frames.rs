@@ -122,6 +122,17 @@ pub fn parse_header_from(buf: &[u8], max_payload: usize, masked: bool) -> Result
     Ok(Some(Header { fin, opcode, mask: [m[0], m[1], m[2], m[3]], len: len as usize, header_len: off + 4 }))
 }
 
+/// The header of a frame of `payload` bytes in its shortest form (RFC 6455 section
+/// 5.2), with the masking key when `masked`.
+pub fn header_len(payload: usize, masked: bool) -> usize {
+    let base = match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    base + if masked { 4 } else { 0 }
+}
+
 /// XORs `buf` with the masking key (RFC 6455 section 5.3), eight bytes at a time.
 pub fn unmask(buf: &mut [u8], mask: [u8; 4]) {
     let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);

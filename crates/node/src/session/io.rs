@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{self, Assembler, DISCARD_BUDGET, Decoder, Frame, FrameError, Inbound, parse_close};
-use super::limits::{MessageBucket, PingBucket};
+use super::limits::TokenBucket;
 use super::outbox::{Out, Outbox, Wire};
 
 /// Entries (frames, or relayed runs of one small read) queued for the upstream before
@@ -76,9 +76,9 @@ pub(super) struct Io<C, U> {
     dec: Decoder,
     pub(super) outbox: Outbox,
     assembler: Assembler,
-    pings: PingBucket,
+    pings: TokenBucket,
     /// The client's message rate (the session's rules and the relay take from it).
-    messages: MessageBucket,
+    messages: TokenBucket,
     /// The route's rules for relayed messages.
     pub(super) relay: RelayRules,
     reading: Reading,
@@ -100,8 +100,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
             dec: if up.is_some() { Decoder::client_to_upstream() } else { Decoder::client() },
             outbox,
             assembler: Assembler::default(),
-            pings: PingBucket { tokens: burst as f64, at: Instant::now() },
-            messages: MessageBucket::new(burst),
+            pings: TokenBucket::new(burst),
+            messages: TokenBucket::new(burst),
             relay: RelayRules::default(),
             reading: Reading::Open,
             discard_budget: DISCARD_BUDGET,
@@ -205,7 +205,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
     fn on_client_frame(&mut self, f: Frame) -> Option<Inbound> {
         self.last_seen = *self.read_at.get_or_insert_with(Instant::now);
         match f.opcode {
-            frames::OP_PING if !self.pings.take(self.outbox.limits.rate()) => Some(Inbound::PingFlood),
+            frames::OP_PING if !self.pings.take(Instant::now(), self.outbox.limits.rate()) => Some(Inbound::PingFlood),
             frames::OP_PING => self.outbox.pong(Bytes::copy_from_slice(&f.payload)).err().map(|_| Inbound::SlowConsumer),
             frames::OP_PONG => None,
             frames::OP_CLOSE => {

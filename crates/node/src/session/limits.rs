@@ -48,41 +48,21 @@ impl Limits {
     }
 }
 
-/// A token bucket for the client's Pings (the message rate, counted apart).
-pub(super) struct PingBucket {
-    pub(super) tokens: f64,
-    pub(super) at: Instant,
-}
-
-impl PingBucket {
-    pub(super) fn take(&mut self, (per_second, burst): (f64, f64)) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_second).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The client's message rate: a token bucket refilled by the time each message's frame
-/// was read (never earlier than its last refill).
-pub(super) struct MessageBucket {
+/// A token bucket over the session's rate (`Limits::rate`): the client's messages take
+/// from one, its Pings from another (counted apart).
+pub(super) struct TokenBucket {
     tokens: f64,
     last_refill: Instant,
 }
 
-impl MessageBucket {
-    pub(super) fn new(burst: u64) -> MessageBucket {
-        MessageBucket { tokens: burst as f64, last_refill: Instant::now() }
+impl TokenBucket {
+    pub(super) fn new(burst: u64) -> TokenBucket {
+        TokenBucket { tokens: burst as f64, last_refill: Instant::now() }
     }
 
-    /// One message's token, at `read_at`.
-    pub(super) fn take(&mut self, read_at: Instant, (per_second, burst): (f64, f64)) -> bool {
-        let now = read_at.max(self.last_refill);
+    /// One token, refilled up to `at` (never earlier than the last refill).
+    pub(super) fn take(&mut self, at: Instant, (per_second, burst): (f64, f64)) -> bool {
+        let now = at.max(self.last_refill);
         let elapsed = now.duration_since(self.last_refill).as_secs_f64();
         self.last_refill = now;
         self.tokens = (self.tokens + elapsed * per_second).min(burst);

@@ -123,7 +123,7 @@ impl Wire {
                     if skip(&item) {
                         release(item.cost());
                     } else {
-                        let mask = rng.as_mut().filter(|_| !matches!(item, Out::Frames(_))).map(|r| r.random::<[u8; 4]>());
+                        let mask = rng.as_mut().map(|r| r.random::<[u8; 4]>());
                         self.closed = encode_out(&mut self.buf, &item, mask);
                         self.in_flight += item.cost();
                     }
@@ -242,10 +242,19 @@ impl Outbox {
     /// Queues an application message. Over `max_buffered_bytes` it is refused.
     pub fn data(&mut self, binary: bool, data: Bytes) -> Result<(), SlowConsumer> {
         let n = data.len() as u64;
-        self.queue(Out::Data { binary, data }, false)?;
+        self.queue_messages(Out::Data { binary, data }, 1, n)
+    }
+
+    /// Queues a relayed run of the upstream's messages, accounted by wire size like them.
+    pub fn frames(&mut self, run: super::frames::Run) -> Result<(), SlowConsumer> {
+        self.queue_messages(Out::Frames(run.frames), u64::from(run.messages), run.payload_bytes)
+    }
+
+    fn queue_messages(&mut self, o: Out, messages: u64, bytes: u64) -> Result<(), SlowConsumer> {
+        self.queue(o, false)?;
         self.unowned = self.unowned.saturating_add(1);
-        self.unflushed.0 += 1;
-        self.unflushed.1 += n;
+        self.unflushed.0 += messages;
+        self.unflushed.1 += bytes;
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use super::{Decoder, OP_BINARY, OP_TEXT, parse_header_from, unmask};
+use super::{Decoder, OP_BINARY, OP_TEXT, header_len, parse_header_from, unmask};
 
 /// A run taken from the read buffer: `frames` holds `messages` whole frames carrying
 /// `payload_bytes` of payload.
@@ -19,16 +19,6 @@ pub struct Run {
     pub frames: Bytes,
     pub messages: u32,
     pub payload_bytes: u64,
-}
-
-/// The header length a frame of `len` payload bytes has in its shortest form.
-fn shortest_header(len: usize, masked: bool) -> usize {
-    let base = match len {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    };
-    base + if masked { 4 } else { 0 }
 }
 
 impl Decoder {
@@ -53,7 +43,7 @@ impl Decoder {
                 _ => break,
             };
             let total = h.header_len + h.len;
-            if !h.fin || h.header_len != shortest_header(h.len, self.masked) || self.buf.len() - end < total {
+            if !h.fin || h.header_len != header_len(h.len, self.masked) || self.buf.len() - end < total {
                 break;
             }
             let payload = &mut self.buf[end + h.header_len..end + total];

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::close;
-use crate::session::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, unmask};
+use crate::session::frames::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, header_len, unmask};
 
 #[derive(Debug)]
 pub enum Out {
@@ -34,15 +34,7 @@ impl Out {
             Out::Pong(p) => p.len(),
             Out::Close { reason, .. } => 2 + truncate_reason(reason).len(),
         };
-        (payload + frame_header_len(payload)) as u64
-    }
-}
-
-fn frame_header_len(payload: usize) -> usize {
-    match payload {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
+        (payload + header_len(payload, false)) as u64
     }
 }
 
@@ -102,16 +94,4 @@ pub(super) fn encode_out(out: &mut Vec<u8>, item: &Out, mask: Option<[u8; 4]>) -
         }
     }
     false
-}
-
-impl super::Outbox {
-    /// Queues a relayed run of the upstream's messages, accounted like the messages it
-    /// holds (each frame's wire size). Over `max_buffered_bytes` it is refused.
-    pub fn frames(&mut self, run: crate::session::frames::Run) -> Result<(), super::SlowConsumer> {
-        self.queue(Out::Frames(run.frames), false)?;
-        self.unowned = self.unowned.saturating_add(1);
-        self.unflushed.0 += u64::from(run.messages);
-        self.unflushed.1 += run.payload_bytes;
-        Ok(())
-    }
 }
