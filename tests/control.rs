@@ -163,6 +163,24 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
         }
     }
     assert_eq!(got, 1);
+    // Binary: a Binary frame with the bytes as given, which need not be UTF-8; the same
+    // bytes as text are refused, naming the field.
+    let bytes = vec![0u8, 0x9f, 0xff, b'b'];
+    let r = c
+        .send(pb::SendRequest { selector: sel(pb::selector::Target::Subject("ann".into())), payload: bytes.clone(), binary: true })
+        .await
+        .expect("send binary")
+        .into_inner();
+    assert_eq!(r.delivered, 2);
+    for ws in [&mut a1, &mut a2] {
+        assert_eq!(next_data(ws).await, Some(Message::Binary(bytes.clone().into())));
+    }
+    let e = c
+        .send(pb::SendRequest { selector: sel(pb::selector::Target::Subject("ann".into())), payload: bytes, binary: false })
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("payload:"), "{}", e.message());
     // Disconnect by session with a chosen code; by subject with the default 4003.
     let r = c
         .disconnect(pb::DisconnectRequest {

@@ -10,7 +10,7 @@ use futures_util::SinkExt as _;
 use palisade_node::config::EtcdConfig;
 use palisade_testkit::etcd::Etcd;
 use palisade_testkit::{Message, Pki, TestKey, TestNode, close_code, next_data, policy};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 const ORIGIN: (&str, &str) = ("Origin", "https://app.example.com");
@@ -121,9 +121,64 @@ impl Fleet {
     }
 
     async fn open(&self, node: usize, sub: &str) -> palisade_testkit::Ws {
-        let t = format!("Bearer {}", self.key.token_for(sub));
-        self.nodes[node].ws("/echo", &[ORIGIN, ("Authorization", &t)]).await.expect("open").0
+        self.open_with(node, &self.key.token_for(sub)).await
     }
+
+    async fn open_with(&self, node: usize, token: &str) -> palisade_testkit::Ws {
+        self.nodes[node].ws("/echo", &[ORIGIN, ("Authorization", &format!("Bearer {token}"))]).await.expect("open").0
+    }
+}
+
+async fn echoes(ws: &mut palisade_testkit::Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.expect("send");
+    assert_eq!(next_data(ws).await, Some(Message::Text(text.into())), "{text}");
+}
+
+/// The narrower verbs reach exactly what they name: `disconnect --node N --code C`
+/// closes the subject's session on that node only, with that code; `revoke --session JTI`
+/// one token (live and at the next handshake, on every node), `revoke --user U
+/// --issued-before T` only that subject's older tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_and_revoke_reach_exactly_what_they_name() {
+    let f = fleet(2).await;
+    // Revocations change the fleet's stored policy: store one first.
+    let file = f.pki.dir.path().join("p.yaml");
+    std::fs::write(&file, policy(&[&f.key]).to_yaml()).expect("w");
+    assert_eq!(f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await["converged"], true);
+    let node1 = f.nodes[1].handle.state.id().to_owned();
+    let mut dave0 = f.open(0, "dave").await;
+    let mut dave1 = f.open(1, "dave").await;
+    let r = f.json(&["disconnect", "--user", "dave", "--node", &node1, "--code", "4100"]).await;
+    assert_eq!(r["total"], 1, "{r}");
+    assert_eq!(close_code(&mut dave1, Duration::from_secs(2)).await, Some(4100));
+    echoes(&mut dave0, "dave stays on the other node").await;
+
+    let (e1, e2) = (f.key.token(json!({"sub": "erin", "jti": "erin-1"})), f.key.token(json!({"sub": "erin", "jti": "erin-2"})));
+    let (mut erin1, mut erin2) = (f.open_with(0, &e1).await, f.open_with(1, &e2).await);
+    let r = f.json(&["revoke", "--session", "erin-1"]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    assert_eq!(close_code(&mut erin1, Duration::from_secs(2)).await, Some(4003));
+    echoes(&mut erin2, "erin's other token").await;
+    for n in &f.nodes {
+        let r = palisade_testkit::refused(n.ws("/echo", &[ORIGIN, ("Authorization", &format!("Bearer {e1}"))]).await);
+        assert_eq!(r.code, "token_revoked");
+    }
+
+    // A token issued in 2001 and one issued now; the cut is in 2020.
+    let (old, new) = (f.key.token(json!({"sub": "frank", "iat": 1_000_000_000})), f.key.token_for("frank"));
+    let (mut frank_old, mut frank_new) = (f.open_with(0, &old).await, f.open_with(1, &new).await);
+    let r = f.json(&["revoke", "--user", "frank", "--issued-before", "2020-01-01T00:00:00Z"]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    assert_eq!(close_code(&mut frank_old, Duration::from_secs(2)).await, Some(4003));
+    echoes(&mut frank_new, "frank's newer token").await;
+    let r = palisade_testkit::refused(f.nodes[1].ws("/echo", &[ORIGIN, ("Authorization", &format!("Bearer {old}"))]).await);
+    assert_eq!(r.code, "token_revoked");
+    let _still = f.open_with(0, &new).await;
+    // --issued-before names tokens of a subject, not one token.
+    let (code, _, err) = f.cli(&["revoke", "--session", "erin-2", "--issued-before", "2020-01-01T00:00:00Z"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("issued_before"), "{err}");
+    echoes(&mut erin2, "nothing was revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -576,3 +576,140 @@ async fn the_node_prefers_aes_128_gcm_and_still_serves_other_suites() {
     only_256.cipher_suites.retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
     assert_eq!(connect(node.pki.client_tls_with(only_256)).await, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
 }
+
+/// SPEC 3, step 4: an upgrade is a GET over HTTP/1.1 with `Upgrade: websocket` and
+/// `Connection: upgrade`; a request on a route that is anything else is 400, a plain
+/// request for a path that is no route is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_head_must_be_a_websocket_upgrade() {
+    let key = TestKey::generate("k", "ES256");
+    let node = TestNode::start(Some(&policy(&[&key])), |_| {}).await;
+    let extra = format!("Origin: https://app.example.com\r\nAuthorization: {}\r\n", bearer(&key.token(json!({}))));
+    let good = String::from_utf8(upgrade_request("/echo", &extra)).expect("utf8");
+    assert_eq!(open_raw(&node, good.as_bytes(), None).await.1.status, 101, "the request unchanged upgrades");
+    for (what, req) in [
+        ("POST", good.replacen("GET ", "POST ", 1)),
+        ("HTTP/1.0", good.replacen("HTTP/1.1", "HTTP/1.0", 1)),
+        ("no Upgrade header", good.replace("Upgrade: websocket\r\n", "")),
+        ("Upgrade: h2c", good.replace("Upgrade: websocket", "Upgrade: h2c")),
+        ("Connection: keep-alive", good.replace("Connection: Upgrade", "Connection: keep-alive")),
+        ("two keys", good.replace("Version: 13\r\n", "Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n")),
+    ] {
+        assert_ne!(req, good, "{what}: the request was changed");
+        let r = node.raw(req.as_bytes()).await;
+        assert_eq!((r.status, r.code().as_str()), (400, "bad_handshake"), "{what}");
+    }
+    let r = node.raw(b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+}
+
+/// SPEC 3: checks run cheapest first. The route comes before anything about the client,
+/// the per-IP rate before the Origin and the credentials, the Origin before the
+/// credentials: a forged token is not verified, and a ticket not consumed, for a request
+/// a cheaper check refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cheap_checks_refuse_before_credentials_are_spent() {
+    let key = TestKey::generate("k", "ES256");
+    let mut p = policy(&[&key]);
+    p.limits.per_ip.handshakes_per_second = 0.01;
+    p.limits.per_ip.burst = 3;
+    let node = TestNode::start(Some(&p), |_| {}).await;
+    let good = key.token(json!({}));
+    let forged = bearer(&format!("{}x", &good[..good.len() - 1]));
+    let evil = ("Origin", "https://evil.net");
+    // A ticket bound to the app's origin, minted from another address (its own bucket).
+    let body = r#"{"origin":"https://app.example.com"}"#;
+    let mint = format!(
+        "POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = palisade_testkit::raw_tls(node.addr, node.tls.clone(), mint.as_bytes(), Some([127, 0, 0, 2].into())).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ticket: String = serde_json::from_str::<serde_json::Value>(&r.body).expect("json")["ticket"].as_str().expect("ticket").into();
+
+    // From 127.0.0.1, whose bucket holds three handshakes. An unknown path is refused
+    // before the Origin, the credentials and the bucket are looked at.
+    for _ in 0..3 {
+        let r = refused(node.ws("/nope", &[evil, ("Authorization", &forged)]).await);
+        assert_eq!((r.status, r.code.as_str()), (404, "not_found"));
+    }
+    // A foreign Origin is refused before the credentials: no credential, or a ticket that
+    // the verification would refuse (it is bound to another origin) and must not consume.
+    let r = refused(node.ws("/echo", &[evil]).await);
+    assert_eq!((r.status, r.code.as_str()), (403, "origin_not_allowed"), "not 401: the Origin comes first");
+    let r = refused(node.ws(&format!("/echo?ticket={ticket}"), &[evil]).await);
+    assert_eq!((r.status, r.code.as_str()), (403, "origin_not_allowed"), "not ticket_invalid: the ticket was not looked at");
+    let (mut ws, _) = node.ws(&format!("/echo?ticket={ticket}"), &[ORIGIN]).await.expect("the ticket is still unused");
+    echo_once(&mut ws, "ticketed").await;
+    // The bucket is empty now (three handshakes, the 404s took none): a forged token is
+    // refused by the rate limit, not by a signature check.
+    let r = refused(node.ws("/echo", &[ORIGIN, ("Authorization", &forged)]).await);
+    assert_eq!((r.status, r.code.as_str()), (429, "rate_limited"));
+    let r = refused(node.ws("/echo", &[evil, ("Authorization", &forged)]).await);
+    assert_eq!((r.status, r.code.as_str()), (429, "rate_limited"), "the rate before the Origin");
+    // From an address with tokens left, the same forged token is what verification refuses.
+    let req = upgrade_request("/echo", &format!("Origin: https://app.example.com\r\nAuthorization: {forged}\r\n"));
+    let r = palisade_testkit::raw_tls(node.addr, node.tls.clone(), &req, Some([127, 0, 0, 3].into())).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "token_invalid"));
+}
+
+/// SPEC 3, step 9: each carrier is enabled or disabled by policy, and a disabled carrier
+/// is as if absent. With the header alone: a token in the query or the subprotocol is no
+/// credential (401, and beside a header no ambiguity), a ticket is not read, and
+/// `POST /v1/tickets` is no endpoint (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carriers_the_policy_disables_are_ignored() {
+    let key = TestKey::generate("k", "ES256");
+    let mut p = policy(&[&key]);
+    p.auth.carriers = vec![palisade_policy::model::Carrier::Header];
+    let node = TestNode::start(Some(&p), |_| {}).await;
+    let token = key.token(json!({}));
+    let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&token))]).await.expect("the header carrier");
+    echo_once(&mut ws, "header").await;
+    for path in [format!("/echo?access_token={token}"), format!("/echo?token={token}"), "/echo?ticket=AAAAAAAAAAAAAAAAAAAAAA".into()] {
+        let r = refused(node.ws(&path, &[ORIGIN]).await);
+        assert_eq!((r.status, r.code.as_str()), (401, "credentials_missing"), "{path}");
+    }
+    let offered = format!("chat.v1, bearer.{token}");
+    let r = refused(node.ws("/echo", &[ORIGIN, ("Sec-WebSocket-Protocol", &offered)]).await);
+    assert_eq!((r.status, r.code.as_str()), (401, "credentials_missing"), "subprotocol");
+    let (mut ws, _) =
+        node.ws(&format!("/echo?access_token={token}"), &[ORIGIN, ("Authorization", &bearer(&token))]).await.expect("one carrier");
+    echo_once(&mut ws, "not ambiguous").await;
+    let req = format!("POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n");
+    let r = node.raw(req.as_bytes()).await;
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+}
+
+/// SPEC 3, step 2: TLS 1.2 and 1.3. A client that speaks TLS 1.2 only is upgraded.
+#[tokio::test]
+async fn a_tls_1_2_client_is_upgraded() {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+    let key = TestKey::generate("k", "ES256");
+    let node = TestNode::start(Some(&policy(&[&key])), |_| {}).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(node.pki.ca.cert_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let tls12 = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(node.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls12)).connect(name, tcp).await.expect("a TLS 1.2 handshake");
+    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let req = upgrade_request("/echo", &format!("Origin: https://app.example.com\r\nAuthorization: {}\r\n", bearer(&key.token(json!({})))));
+    s.write_all(&req).await.expect("write");
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("in time").expect("read");
+        assert!(n > 0, "closed before the response head");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(palisade_testkit::parse_raw(&head).status, 101);
+}
