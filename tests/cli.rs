@@ -97,9 +97,14 @@ async fn node_logs_never_contain_tokens() {
     secrets.push(ticket);
     attempts += 2;
 
+    // SIGTERM drains (SPEC section 4): the live session is closed with 1001 within the
+    // drain deadline (1 s), then the process exits 0.
+    let closed = tokio::spawn(async move { palisade_testkit::close_code(&mut ws, Duration::from_secs(10)).await });
     let status = node.signal_and_wait("-TERM").await;
     assert!(status.success(), "node exits cleanly on SIGTERM: {status}");
+    assert_eq!(closed.await.expect("join"), Some(1001), "the session was closed as going away");
     let logs = node.text();
+    assert!(logs.contains("drain_started") && logs.contains("drain_finished"), "the drain is logged: {logs}");
     for s in &secrets {
         // The whole value and its signature part (the part that makes it usable).
         let sig = s.rsplit('.').next().unwrap_or(s);
@@ -151,10 +156,16 @@ async fn dev_prints_a_token_and_a_working_websocat_command() {
     let ca_before = std::fs::read(d.join("ca.pem")).expect("ca");
     let status = dev.signal_and_wait("-INT").await;
     assert!(status.success(), "Ctrl-C drains and exits 0: {status}");
-    let mut again = spawn(&["dev", "--dir", d.to_str().expect("p"), "--nodes", "1"], &[]);
-    again.wait_for("websocat").await;
+    // ... and with --upstream, the route /app bridges to that application.
+    let upstream = palisade_testkit::UpstreamServer::start().await;
+    let mut again = spawn(&["dev", "--dir", d.to_str().expect("p"), "--nodes", "1", "--upstream", &upstream.url()], &[]);
+    let cmd = again.wait_for("websocat").await;
+    again.wait_for(&format!("route /app bridges to {}", upstream.url())).await;
     assert_eq!(std::fs::read(d.join("ca.pem")).expect("ca"), ca_before);
-    again.signal_and_wait("-INT").await;
+    let out = Command::new("bash").arg("-c").arg(cmd.trim().replace("/echo'", "/app'")).output().await.expect("run websocat");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "up:hello", "websocat stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(upstream.requests().len(), 1, "one bridged connection");
+    assert!(again.signal_and_wait("-INT").await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

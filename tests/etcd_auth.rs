@@ -217,6 +217,24 @@ async fn node_and_controller_users_hold_exactly_their_rights() {
     assert!(r2.converged, "{r2:?}");
     assert_eq!(node_ops.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner().policy_version, r2.version);
 
+    // The store compares on the version: an apply made against the first version, now
+    // stale, is refused and writes nothing, pushes nothing.
+    let mut p3 = p.clone();
+    p3.origins.allow.push("https://three.example.com".into());
+    let e = ops
+        .apply_policy(fleet::ApplyPolicyRequest {
+            policy: Some(wire::versioned(0, &p3)),
+            dry_run: false,
+            expected_version: Some(r.version),
+        })
+        .await
+        .expect_err("a stale expected_version");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&format!("version {}", r2.version)), "names the current version: {}", e.message());
+    let got = root.get(format!("/palisade/{TEST_CLUSTER}/policy"), None).await.expect("get");
+    assert_eq!(got.kvs().first().map(|kv| kv.mod_revision() as u64), Some(r2.version), "nothing written");
+    assert_eq!(node_ops.get_stats(pb::GetStatsRequest {}).await.expect("stats").into_inner().policy_version, r2.version);
+
     // No password in the logs.
     let text = log_text();
     for secret in [ROOT_PASSWORD, NODE_PASSWORD, CONTROLLER_PASSWORD] {
