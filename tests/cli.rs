@@ -112,6 +112,24 @@ async fn node_logs_never_contain_tokens() {
         assert!(sig.len() < 16 || !logs.contains(sig), "a signature leaked into the logs");
     }
     let audits = logs.lines().filter(|l| l.contains(r#""event":"handshake""#)).count();
+    // The accepted ticket's record holds every field SPEC section 3 names.
+    let records: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let rec = records
+        .iter()
+        .find(|v| v["event"] == "handshake" && v["carrier"] == "ticket" && v["result"] == "accepted")
+        .unwrap_or_else(|| panic!("no audit record of the ticket's handshake in:\n{logs}"));
+    assert_eq!(rec["node"], "log-node", "{rec}");
+    assert!(rec["conn.id"].as_str().is_some_and(|c| c.len() == 16 && c.bytes().all(|b| b.is_ascii_hexdigit())), "{rec}");
+    assert_eq!(rec["client.address"], "127.0.0.1", "{rec}");
+    assert!(rec["peer.address"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{rec}");
+    assert_eq!(
+        (&rec["origin"], &rec["http.route"], &rec["enduser.id"]),
+        (&json!("https://app.example.com"), &json!("/echo"), &json!("logan"))
+    );
+    assert_eq!((&rec["status"], &rec["code"]), (&json!(101), &json!("ok")), "{rec}");
+    assert!(rec["duration_us"].as_u64().is_some_and(|d| d > 0), "{rec}");
+    assert!(rec["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{rec}");
+    assert!(rec["query"].as_str().is_some_and(|q| q.starts_with("ticket=") && !q.contains(&secrets[3])), "masked: {rec}");
     assert!(audits >= attempts, "one audit record per attempt: {audits} < {attempts}");
     assert!(logs.contains("access_token=***"), "query logged masked");
     assert!(logs.contains(r#""code":"token_expired""#) && logs.contains(r#""code":"token_invalid""#));
@@ -166,6 +184,53 @@ async fn dev_prints_a_token_and_a_working_websocat_command() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "up:hello", "websocat stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(upstream.requests().len(), 1, "one bridged connection");
     assert!(again.signal_and_wait("-INT").await.success());
+}
+
+/// `token mint` writes the claims it is asked for, and `token check --policy` verifies
+/// them as a node would: the policy's issuer and audience must match.
+#[tokio::test]
+async fn token_mint_sets_the_claims_asked_for() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = TestKey::generate("k9", "ES256");
+    let key_file = dir.path().join("k9.pem");
+    std::fs::write(&key_file, &key.private).expect("key");
+    let mut p = policy(&[&key]);
+    p.auth.issuer = Some("https://id.example.com".into());
+    p.auth.audience = vec!["api".into()];
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, p.to_yaml()).expect("policy");
+    let run = |args: Vec<String>| async move {
+        let out = Command::new(BIN).args(&args).output().await.expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let mint = |aud: &str| {
+        ["token", "mint", "--key", key_file.to_str().expect("p"), "--kid", "k9", "--sub", "mia", "--ttl", "90s", "--jti", "j-1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--aud", aud, "--iss", "https://id.example.com"].iter().map(|s| s.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let (code, token) = run(mint("api")).await;
+    assert_eq!(code, Some(0));
+    let (code, decoded) = run(vec!["token".into(), "check".into(), token.clone()]).await;
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&decoded).expect("json");
+    let c = &v["claims"];
+    assert_eq!(
+        (c["sub"].as_str(), c["aud"].as_str(), c["iss"].as_str(), c["jti"].as_str()),
+        (Some("mia"), Some("api"), Some("https://id.example.com"), Some("j-1")),
+        "{v}"
+    );
+    assert_eq!(c["exp"].as_i64().zip(c["iat"].as_i64()).map(|(e, i)| e - i), Some(90), "{v}");
+    assert_eq!((v["header"]["alg"].as_str(), v["header"]["kid"].as_str()), (Some("ES256"), Some("k9")));
+    let check = |t: String| vec!["token".into(), "check".into(), t, "--policy".into(), policy_file.to_str().expect("p").to_owned()];
+    let (code, out) = run(check(token)).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(r#""verification": "valid""#), "{out}");
+    let (_, other_aud) = run(mint("billing")).await;
+    let (code, out) = run(check(other_aud)).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("token_invalid"), "another audience is refused: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,7 +264,10 @@ async fn handshake_spans_metrics_and_logs_reach_a_real_receiver() {
     let key = TestKey::generate("k", "ES256");
     std::fs::write(dir.join("policy.yaml"), policy(&[&key]).to_yaml()).expect("policy");
     let port = free_port();
-    let n = node(dir, "otel-node", port, None, None, &otel_env(&rx.endpoint()));
+    // Resource attributes from the environment join the node's own (service.name stays).
+    let mut env = otel_env(&rx.endpoint());
+    env.push(("OTEL_RESOURCE_ATTRIBUTES".into(), "deployment.environment.name=ci,service.namespace=edge".into()));
+    let n = node(dir, "otel-node", port, None, None, &env);
     n.wait_for("node_started").await;
     let url = |q: &str| format!("wss://127.0.0.1:{port}/echo{q}");
     let tls = Some(pki.client_tls());
@@ -302,6 +305,8 @@ async fn handshake_spans_metrics_and_logs_reach_a_real_receiver() {
         assert_eq!(s.resource.get("service.instance.id").map(String::as_str), Some("otel-node"));
         assert_eq!(s.resource.get("palisade.cluster").map(String::as_str), Some("test"));
         assert!(s.resource.contains_key("service.version"));
+        assert_eq!(s.resource.get("deployment.environment.name").map(String::as_str), Some("ci"), "OTEL_RESOURCE_ATTRIBUTES");
+        assert_eq!(s.resource.get("service.namespace").map(String::as_str), Some("edge"));
         assert_eq!(s.kind, "SPAN_KIND_SERVER");
         assert!(s.parent.is_empty(), "a handshake is a trace root");
         assert_eq!(s.attrs.get("client.address").map(String::as_str), Some("127.0.0.1"));
@@ -470,10 +475,10 @@ async fn one_operator_action_is_one_trace_across_the_fleet() {
         ("PALISADE_CERT".to_string(), dir.join("operator.pem").display().to_string()),
         ("PALISADE_KEY".to_string(), dir.join("operator-key.pem").display().to_string()),
     ]);
-    let cli = |args: Vec<String>| {
+    let cli_with = |args: Vec<String>, extra: Vec<(String, String)>| {
         let env = cli_env.clone();
         async move {
-            let out = Command::new(BIN).args(&args).envs(env).output().await.expect("run palisade");
+            let out = Command::new(BIN).args(&args).envs(env).envs(extra).output().await.expect("run palisade");
             (
                 out.status.code().unwrap_or(-1),
                 String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -481,6 +486,7 @@ async fn one_operator_action_is_one_trace_across_the_fleet() {
             )
         }
     };
+    let cli = |args: Vec<String>| cli_with(args, vec![]);
     // Every node registered and reachable.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -527,12 +533,18 @@ async fn one_operator_action_is_one_trace_across_the_fleet() {
     let mut p = policy(&[&key]);
     p.origins.allow.push("https://other.example.com".into());
     std::fs::write(&policy_file, p.to_yaml()).expect("write");
-    let (code, out, err) =
-        cli(vec!["policy".into(), "apply".into(), "-f".into(), policy_file.display().to_string(), "--verbose".into()]).await;
+    // OTEL_SERVICE_NAME names the operator's process (the other CLI call keeps palisade-cli).
+    let (code, out, err) = cli_with(
+        vec!["policy".into(), "apply".into(), "-f".into(), policy_file.display().to_string(), "--verbose".into()],
+        vec![("OTEL_SERVICE_NAME".into(), "ops-console".into())],
+    )
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     let apply = trace_of(&err);
 
-    for (trace, rpc, cli_name) in [(disconnect, "Disconnect", "palisade disconnect"), (apply, "ApplyPolicy", "palisade policy apply")] {
+    for (trace, rpc, cli_name, service) in
+        [(disconnect, "Disconnect", "palisade disconnect", "palisade-cli"), (apply, "ApplyPolicy", "palisade policy apply", "ops-console")]
+    {
         let spans = eventually(Duration::from_secs(20), &format!("the {rpc} trace"), || {
             let s: Vec<Span> = rx.spans().into_iter().filter(|s| s.trace_id == trace).collect();
             // Each process exports on its own schedule: wait for all eight spans.
@@ -547,7 +559,7 @@ async fn one_operator_action_is_one_trace_across_the_fleet() {
         assert_eq!(spans.len(), 8, "one CLI span, one controller span, three fan-out children, three node spans: {names:?}");
         let root = spans.iter().find(|s| s.name == cli_name).expect("cli span");
         assert!(root.parent.is_empty());
-        assert_eq!(root.resource["service.name"], "palisade-cli");
+        assert_eq!(root.resource["service.name"], service);
         let server = spans.iter().find(|s| s.name == format!("palisade.controller.v1.FleetControl/{rpc}")).expect("controller span");
         assert_eq!(server.parent, root.span_id);
         assert_eq!(server.resource["service.name"], "palisade-controller");
