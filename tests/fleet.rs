@@ -145,8 +145,26 @@ async fn disconnect_and_revoke_reach_exactly_what_they_name() {
     let file = f.pki.dir.path().join("p.yaml");
     std::fs::write(&file, policy(&[&f.key]).to_yaml()).expect("w");
     assert_eq!(f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await["converged"], true);
-    let node1 = f.nodes[1].handle.state.id().to_owned();
+    // stats --watch answers again every second: a session opened meanwhile shows in a
+    // later answer.
+    let watch = tokio::process::Command::new(BIN)
+        .args(["stats", "--watch", "-o", "json"])
+        .envs(f.env.iter().cloned())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("stats --watch");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut dave0 = f.open(0, "dave").await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let _ = std::process::Command::new("kill").arg(watch.id().expect("pid").to_string()).status();
+    let out = watch.wait_with_output().await.expect("output");
+    // The last answer may be cut by the kill.
+    let answers: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Value>().map_while(Result::ok).collect();
+    assert!(answers.len() >= 4, "one answer a second: {}", String::from_utf8_lossy(&out.stdout));
+    let active: Vec<u64> = answers.iter().filter_map(|a| a["totals"]["active_connections"].as_u64()).collect();
+    assert_eq!((active.first(), active.last()), (Some(&0), Some(&1)), "{active:?}");
+    let node1 = f.nodes[1].handle.state.id().to_owned();
     let mut dave1 = f.open(1, "dave").await;
     let r = f.json(&["disconnect", "--user", "dave", "--node", &node1, "--code", "4100"]).await;
     assert_eq!(r["total"], 1, "{r}");
