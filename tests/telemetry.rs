@@ -392,9 +392,21 @@ async fn handshake_spans_metrics_and_logs_reach_a_real_receiver() {
     assert!(int(&hits[0].1) >= 1, "{hits:?}");
     let (kind, held) = rx.metric("otel-node", "palisade.token_cache.entries").expect("token cache entries exported");
     assert_eq!((kind.as_str(), int(&held[0].1)), ("gauge", 1));
-    let (_, msgs) = rx.metric("otel-node", "palisade.messages").expect("messages");
-    let dirs: Vec<&str> = msgs.iter().filter_map(|(a, _)| a.get("direction").map(String::as_str)).collect();
-    assert!(dirs.contains(&"in") && dirs.contains(&"out"));
+    // The values, not only the kinds: one message of two bytes each way (the echo of
+    // "hi"), the policy of the file (version 1), no egress alert.
+    let by_direction = |name: &str| {
+        let (_, points) = rx.metric("otel-node", name)?;
+        let of = |d: &str| points.iter().find(|(a, _)| a.get("direction").map(String::as_str) == Some(d)).map(|(_, p)| int(p));
+        Some((of("in")?, of("out")?))
+    };
+    try_eventually(Duration::from_secs(10), || (by_direction("palisade.messages")? == (1, 1)).then_some(()))
+        .await
+        .unwrap_or_else(|| panic!("palisade.messages in 1, out 1: {:?}", by_direction("palisade.messages")));
+    assert_eq!(by_direction("palisade.bytes"), Some((2, 2)), "palisade.bytes");
+    let (_, version) = rx.metric("otel-node", "palisade.policy.version").expect("policy version");
+    assert_eq!(version.iter().map(|(_, p)| int(p)).collect::<Vec<_>>(), [1]);
+    let (_, alerts) = rx.metric("otel-node", "palisade.egress.alerts").expect("egress alerts");
+    assert!(alerts.iter().all(|(_, p)| int(p) == 0), "{alerts:?}");
     // Never a subject, connection id or address on a metric.
     for r in rx.requests("metrics") {
         let t = r.to_string();
