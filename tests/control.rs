@@ -248,12 +248,29 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_rpc_closes_sessions_with_1001() {
     let key = TestKey::generate("k", "ES256");
-    let node = TestNode::start_with_control(Some(&policy(&[&key])), |c| c.drain_deadline_seconds = 1).await;
+    // The configured deadline is a minute; the RPC asks for 2 s. The 1001s are spread
+    // over the first 80% of the RPC's deadline (not of the configured one, which would
+    // leave nearly every session to the forced close at 2 s, all at the same instant).
+    let node = TestNode::start_with_control(Some(&policy(&[&key])), |c| c.drain_deadline_seconds = 60).await;
     let mut c = node.control().await;
-    let (mut ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&key.token(json!({}))))]).await.expect("open");
-    let r = c.drain(pb::DrainRequest { deadline_seconds: 1 }).await.expect("drain").into_inner();
-    assert_eq!(r.sessions_at_start, 1);
-    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1001));
+    let auth = bearer(&key.token(json!({})));
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(node.ws("/echo", &[ORIGIN, ("Authorization", &auth)]).await.expect("open").0);
+    }
+    let started = tokio::time::Instant::now();
+    let r = c.drain(pb::DrainRequest { deadline_seconds: 2 }).await.expect("drain").into_inner();
+    assert_eq!(r.sessions_at_start, 8);
+    let closes = futures_util::future::join_all(sessions.iter_mut().map(|ws| async move {
+        let code = close_code(ws, Duration::from_secs(5)).await;
+        (code, started.elapsed())
+    }))
+    .await;
+    assert!(closes.iter().all(|(code, _)| *code == Some(1001)), "{closes:?}");
+    let at: Vec<Duration> = closes.iter().map(|(_, t)| *t).collect();
+    let (first, last) = (at.iter().min().copied().unwrap_or_default(), at.iter().max().copied().unwrap_or_default());
+    assert!(last < Duration::from_millis(1850), "every 1001 within 80% of the 2 s deadline (+ slack): {at:?}");
+    assert!(last - first > Duration::from_millis(100), "spread, not all at one instant: {at:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ pub async fn drain(st: &Arc<NodeState>, deadline: Duration) -> usize {
         // the lease then expires by itself.
         etcd.deregister().await;
     }
-    st.drain_tx.send_replace(true);
+    st.drain_tx.send_replace(Some(deadline));
     let until = tokio::time::Instant::now() + deadline;
     while !st.registry.is_empty() && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;

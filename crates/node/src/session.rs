@@ -160,7 +160,7 @@ pub fn spawn_notifier(state: Arc<NodeState>) -> tokio::task::JoinHandle<()> {
     let mut drain = state.drain_tx.subscribe();
     let mut stop = state.stop_tx.subscribe();
     tokio::spawn(async move {
-        let mut draining = *drain.borrow_and_update();
+        let mut draining = drain.borrow_and_update().is_some();
         loop {
             tokio::select! {
                 changed = policy.changed() => {
@@ -173,7 +173,7 @@ pub fn spawn_notifier(state: Arc<NodeState>) -> tokio::task::JoinHandle<()> {
                     if changed.is_err() {
                         return;
                     }
-                    if *drain.borrow_and_update() {
+                    if drain.borrow_and_update().is_some() {
                         draining = true;
                         state.registry.dispatch(&crate::registry::Selector::All, Command::Drain);
                     }

@@ -85,7 +85,8 @@ pub struct NodeState {
     no_connections: tokio::sync::Notify,
     pub(crate) refusal_lane: Arc<Semaphore>,
     pub(crate) draining: AtomicBool,
-    pub(crate) drain_tx: watch::Sender<bool>,
+    /// `Some(deadline)` once a drain started: sessions spread their 1001 over its first 80%.
+    pub(crate) drain_tx: watch::Sender<Option<std::time::Duration>>,
     /// Stops the listeners (WSS and control).
     pub(crate) stop_tx: watch::Sender<bool>,
     /// One-time tickets: in etcd when `[etcd]` is configured (shared by the fleet), else
@@ -137,7 +138,7 @@ impl NodeState {
             no_connections: tokio::sync::Notify::new(),
             refusal_lane: Arc::new(Semaphore::new(config.refusal_lane)),
             draining: AtomicBool::new(false),
-            drain_tx: watch::channel(false).0,
+            drain_tx: watch::channel(None).0,
             stop_tx: watch::channel(false).0,
             tickets,
             etcd,

@@ -89,7 +89,7 @@ impl Session {
         // later send wakes.
         let mut commands = 0u64;
         let mut ctl_armed = false;
-        let mut draining = *self.state.drain_tx.borrow();
+        let mut draining = self.state.drain_tx.borrow().is_some();
         let mut at = self.deadlines(draining);
         let timer = tokio::time::sleep_until(at.next(self.warned_for_exp));
         tokio::pin!(timer);
@@ -266,10 +266,12 @@ impl Session {
         self.instant_at_unix(self.effective_exp().saturating_sub(self.policy.refresh_warning_seconds))
     }
 
-    /// Drain closes are spread over the drain window so that clients do not all
-    /// reconnect at the same instant.
+    /// Drain closes are spread over the first 80% of this drain's deadline (the Drain
+    /// RPC's, or the configured one) so that clients do not all reconnect at the same
+    /// instant.
     fn drain_delay(&self) -> Duration {
-        let window = self.state.config.drain_deadline().mul_f64(0.8);
+        let deadline = (*self.state.drain_tx.borrow()).unwrap_or_else(|| self.state.config.drain_deadline());
+        let window = deadline.mul_f64(0.8);
         let frac: f64 = rand::random();
         window.mul_f64(frac)
     }
