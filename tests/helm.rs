@@ -453,6 +453,23 @@ fn check_config_names_the_field_of_a_bad_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("policy_file:") && err.contains("auth.carriers"), "{err}");
 
+    // An etcd password file that is missing, then empty: read as the start reads it.
+    let pw = r.base.join("etcd.password");
+    let with_user = toml.replacen("[etcd]\n", &format!("[etcd]\nusername = \"palisade-node\"\npassword_file = \"{}\"\n", pw.display()), 1);
+    assert_ne!(with_user, toml, "the rendered node.toml has an [etcd] table");
+    std::fs::write(&bad, &with_user).expect("write");
+    let out = check("node", &bad);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etcd.password_file:"), "{}", text(&out));
+    std::fs::write(&pw, "\n").expect("write");
+    let out = check("node", &bad);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the password file is empty"), "{}", text(&out));
+    std::fs::write(&pw, "s3cret-etcd-password\n").expect("write");
+    let out = check("node", &bad);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret-etcd-password"), "the password is never printed");
+
     // A CA file that holds no certificate.
     std::fs::write(etc.join("etcd/ca.crt"), "not a certificate\n").expect("write");
     let out = check("controller", &r.controller);

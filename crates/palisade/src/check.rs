@@ -68,7 +68,7 @@ pub fn node(config: &Path, insecure_control_plane: bool) -> anyhow::Result<Repor
         policy_file("policy_file", path)?;
     }
     if let Some(e) = &cfg.etcd {
-        etcd_files(&mut r, now, e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref())?;
+        etcd_files(&mut r, now, e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref(), e.password_file.as_deref())?;
     }
     Ok(r)
 }
@@ -88,14 +88,26 @@ pub fn controller(config: &Path, insecure_control_plane: bool) -> anyhow::Result
         ca_file(&mut r, now, "nodes_tls.ca", &t.ca)?;
     }
     if let Some(e) = &cfg.etcd {
-        etcd_files(&mut r, now, e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref())?;
+        etcd_files(&mut r, now, e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref(), e.password_file.as_deref())?;
     }
     Ok(r)
 }
 
-fn etcd_files(r: &mut Report, now: i64, ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<()> {
+fn etcd_files(
+    r: &mut Report,
+    now: i64,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    password_file: Option<&Path>,
+) -> anyhow::Result<()> {
     if let Some(ca) = ca {
         ca_file(r, now, "etcd.ca", ca)?;
+    }
+    if let Some(path) = password_file {
+        // Read as the start reads it (one trailing newline dropped, empty refused); the
+        // password itself is never printed.
+        palisade_plane::etcd::read_password(path).map_err(|e| anyhow!("etcd.password_file: {e}"))?;
     }
     match (cert, key) {
         (Some(cert), Some(key)) => pair(r, now, "etcd", cert, key, None),
