@@ -134,6 +134,42 @@ async fn echoes(ws: &mut palisade_testkit::Ws, text: &str) {
     assert_eq!(next_data(ws).await, Some(Message::Text(text.into())), "{text}");
 }
 
+/// `policy get`, edit, `policy apply`: the file remembers the version it was read at
+/// (`# version N`), and a change made meanwhile (here a revocation) is not silently
+/// undone: the apply and its dry run are refused, naming the versions, until `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_from_a_stale_get_is_refused() {
+    let f = fleet(1).await;
+    let seed = f.pki.dir.path().join("seed.yaml");
+    std::fs::write(&seed, policy(&[&f.key]).to_yaml()).expect("w");
+    assert_eq!(f.json(&["policy", "apply", "-f", seed.to_str().expect("p")]).await["converged"], true);
+    let (code, got, err) = f.cli(&["policy", "get"]).await;
+    assert_eq!(code, 0, "{err}");
+    let read_at: u64 = got.lines().next().and_then(|l| l.strip_prefix("# version ")).and_then(|v| v.parse().ok()).expect("# version N");
+    let file = f.pki.dir.path().join("edited.yaml");
+    std::fs::write(&file, got.replace("https://app.example.com", "https://edited.example.com")).expect("w");
+    let file = file.to_str().expect("p");
+
+    let r = f.json(&["revoke", "--user", "zed"]).await;
+    let now = r["version"].as_u64().expect("version");
+    assert!(now > read_at);
+    for args in [vec!["policy", "apply", "-f", file, "--dry-run"], vec!["policy", "apply", "-f", file]] {
+        let (code, _, err) = f.cli(&args).await;
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(&format!("version {now}, expected {read_at}")) && err.contains("--force"), "{args:?}: {err}");
+    }
+    let (_, current, _) = f.cli(&["policy", "get"]).await;
+    assert!(current.starts_with(&format!("# version {now}\n")) && current.contains("zed"), "the revocation stands: {current}");
+    // --expected-version names the version to compare with instead of the header.
+    let (code, _, err) = f.cli(&["policy", "apply", "-f", file, "--expected-version", &read_at.to_string()]).await;
+    assert_eq!(code, 1, "{err}");
+    // --force stores the file over whatever came since.
+    let r = f.json(&["policy", "apply", "-f", file, "--force"]).await;
+    assert_eq!(r["converged"], true, "{r}");
+    let (_, current, _) = f.cli(&["policy", "get"]).await;
+    assert!(current.contains("https://edited.example.com") && !current.contains("zed"), "{current}");
+}
+
 /// The narrower verbs reach exactly what they name: `disconnect --node N --code C`
 /// closes the subject's session on that node only, with that code; `revoke --session JTI`
 /// one token (live and at the next handshake, on every node), `revoke --user U

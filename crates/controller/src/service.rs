@@ -137,7 +137,12 @@ impl Controller {
     pub async fn apply(&self, doc: Policy, expected: Option<u64>, dry_run: bool) -> Result<(u64, Vec<pb::NodeResult>, bool), Status> {
         doc.compile(1).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let current = self.store.get().await.map_err(store_status)?.map_or(0, |(_, v)| v);
-        let version = if dry_run { current + 1 } else { self.store.put(&doc, expected.unwrap_or(current)).await.map_err(store_status)? };
+        let version = match (dry_run, expected) {
+            // A dry run answers what the apply would: a stale expected version is refused.
+            (true, Some(expected)) if expected != current => return Err(store_status(StoreError::Conflict { expected, current })),
+            (true, _) => current + 1,
+            (false, _) => self.store.put(&doc, expected.unwrap_or(current)).await.map_err(store_status)?,
+        };
         let pushing = std::time::Instant::now();
         let started_ms = crate::lag::unix_ms();
         let results = self.push(&doc, version, dry_run).await;

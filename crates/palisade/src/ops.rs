@@ -56,12 +56,20 @@ pub struct Conn {
 pub enum PolicyCommand {
     /// Print the fleet's policy (YAML; JSON with -o json).
     Get,
-    /// Validate, store and push a policy file (YAML or JSON).
+    /// Validate, store and push a policy file (YAML or JSON). A file from `policy get`
+    /// (headed `# version N`) is stored only if the fleet's policy is still version N, so
+    /// a change made meanwhile (a revocation, a retired key) is never silently undone.
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         #[arg(long)]
         dry_run: bool,
+        /// Store only if the fleet's policy is this version (overrides the file's header).
+        #[arg(long, conflicts_with = "force")]
+        expected_version: Option<u64>,
+        /// Store over whatever version the fleet has (ignores the file's `# version N`).
+        #[arg(long)]
+        force: bool,
     },
     /// Show what applying a file would change.
     Diff {

@@ -4,10 +4,20 @@
 use super::*;
 
 fn read_policy_file(file: &PathBuf) -> anyhow::Result<palisade_policy::Policy> {
+    Ok(read_policy_text(file)?.0)
+}
+
+/// The document and the version named by its `# version N` header (`policy get`'s).
+fn read_policy_text(file: &PathBuf) -> anyhow::Result<(palisade_policy::Policy, Option<u64>)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let doc = palisade_policy::Policy::from_yaml_or_json(&text)?;
     doc.compile(1)?; // validate locally first: the error names the field
-    Ok(doc)
+    Ok((doc, version_header(&text)))
+}
+
+/// `N` from a first line `# version N`, as `palisade policy get` writes it.
+fn version_header(text: &str) -> Option<u64> {
+    text.lines().next()?.trim().strip_prefix("# version ")?.trim().parse().ok()
 }
 
 pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
@@ -22,8 +32,9 @@ pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Apply { file, dry_run } => {
-            let doc = read_policy_file(&file)?;
+        PolicyCommand::Apply { file, dry_run, expected_version, force } => {
+            let (doc, header) = read_policy_text(&file)?;
+            let expected = if force { None } else { expected_version.or(header) };
             // Routes are node configuration: a rule for a route no node serves is allowed,
             // but probably a typo.
             if !doc.access.is_empty()
@@ -38,9 +49,17 @@ pub async fn policy(c: &Conn, cmd: PolicyCommand) -> anyhow::Result<()> {
                 }
             }
             let r = client
-                .apply_policy(pb::ApplyPolicyRequest { policy: Some(wire::versioned(0, &doc)), dry_run, expected_version: None })
+                .apply_policy(pb::ApplyPolicyRequest { policy: Some(wire::versioned(0, &doc)), dry_run, expected_version: expected })
                 .await
-                .map_err(rpc_err)?
+                .map_err(|s| match (s.code(), expected) {
+                    (tonic::Code::FailedPrecondition, Some(v)) => anyhow::anyhow!(
+                        "{}: {} was read at version {v}; `palisade policy diff -f {}` shows what changed since, --force stores it anyway",
+                        s.message(),
+                        file.display(),
+                        file.display()
+                    ),
+                    _ => rpc_err(s),
+                })?
                 .into_inner();
             report(c.output, if dry_run { "dry run" } else { "policy applied" }, r.version, &r.results, r.converged)
         }
@@ -160,5 +179,19 @@ pub async fn keys(c: &Conn, cmd: KeysCommand) -> anyhow::Result<()> {
             let r = client.retire_key(pb::RetireKeyRequest { kid: kid.clone() }).await.map_err(rpc_err)?.into_inner();
             report(c.output, &format!("key {kid} retired"), r.version, &r.results, r.converged)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_header;
+
+    #[test]
+    fn the_version_header_is_policy_gets_first_line_only() {
+        assert_eq!(version_header("# version 42\norigins: {}\n"), Some(42));
+        assert_eq!(version_header("#  version 7\n"), None, "exactly as policy get writes it");
+        assert_eq!(version_header("origins: {}\n# version 42\n"), None, "only the first line");
+        assert_eq!(version_header("# version x\n"), None);
+        assert_eq!(version_header(""), None);
     }
 }
