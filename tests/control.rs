@@ -237,6 +237,9 @@ async fn session_rpcs_disconnect_list_send_stats_watch_and_revocation() {
     let first = stream.next().await.expect("item").expect("ok");
     let second = stream.next().await.expect("item").expect("ok");
     assert_eq!(first.node_id, second.node_id);
+    let e = c.watch_stats(pb::WatchStatsRequest { interval_ms: 3_600_000 }).await.expect_err("an hour is too long");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("interval_ms:"), "{}", e.message());
 
     // A revocation push closes the live session with 4003.
     let mut p2 = p1.clone();
@@ -495,4 +498,26 @@ async fn a_certificate_close_to_expiry_is_warned_and_counted_down() {
             .any(|l| l.contains("certificate_expiring") && l.contains("\"control\"")),
         "a fresh certificate is not warned about"
     );
+}
+
+/// A dual-stack listener (`[::]:port`): an IPv4 client is registered as its IPv4 address,
+/// not `::ffff:127.0.0.1`, so selectors by address find it, in either spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+    let key = TestKey::generate("k", "ES256");
+    let node = TestNode::start_with_control(Some(&policy(&[&key])), |c| c.listen.wss = "[::]:0".parse().expect("addr")).await;
+    let mut c = node.control().await;
+    let (_ws, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &bearer(&key.token(json!({}))))]).await.expect("open over IPv4");
+    for spelling in ["127.0.0.1", "::ffff:127.0.0.1"] {
+        let list = c
+            .list_connections(pb::ListConnectionsRequest {
+                selector: sel(pb::selector::Target::ClientAddress(spelling.into())),
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(list.connections.iter().map(|x| x.client_address.as_str()).collect::<Vec<_>>(), ["127.0.0.1"], "{spelling}");
+    }
 }

@@ -209,6 +209,11 @@ pub async fn run_etcd_discovery(dir: Arc<Directory>, mut client: etcd_client::Cl
             dir.replace_all(recs);
             let mut stream = client.watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1))).await?;
             while let Some(msg) = stream.message().await? {
+                // A cancelled watch (a compaction past its revision, a permission change)
+                // stays open and silent: read the registry again instead of waiting on it.
+                if msg.canceled() {
+                    return Err(etcd_client::Error::WatchError("the registry watch was cancelled".into()));
+                }
                 for ev in msg.events() {
                     let Some(kv) = ev.kv() else { continue };
                     match ev.event_type() {

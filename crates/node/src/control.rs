@@ -21,6 +21,10 @@ use crate::policy_store::ApplyError;
 use crate::registry::{Command, Selector, SessionInfo};
 use crate::state::NodeState;
 
+/// The longest `WatchStats` interval: a longer one is refused (a watcher's task must not
+/// sit for days before it learns that its caller left).
+const MAX_STATS_INTERVAL_MS: u32 = 60_000;
+
 /// Starts the node's control server in the background.
 pub async fn spawn(
     state: Arc<NodeState>,
@@ -203,6 +207,9 @@ impl NodeControl for NodeControlService {
     async fn watch_stats(&self, req: Request<pb::WatchStatsRequest>) -> Result<Response<Self::WatchStatsStream>, Status> {
         let interval = Duration::from_millis(match req.into_inner().interval_ms {
             0 => 1000,
+            n if n > MAX_STATS_INTERVAL_MS => {
+                return Err(Status::invalid_argument(format!("interval_ms: at most {MAX_STATS_INTERVAL_MS} (0 means 1000)")));
+            }
             n => u64::from(n.max(100)),
         });
         let state = self.state.clone();
@@ -214,9 +221,11 @@ impl NodeControl for NodeControlService {
             loop {
                 // The stream ends when the node stops, so that no watcher holds up its
                 // graceful shutdown.
+                // A watcher that left ends its task now, not at its next tick.
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
+                    _ = tx.closed() => break,
                 }
                 if tx.send(Ok(stats(&state))).await.is_err() {
                     break;

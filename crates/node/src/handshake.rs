@@ -104,6 +104,9 @@ pub fn valid_upgrade(head: &Head<'_>) -> Result<String, Refused> {
 /// peer is a trusted proxy. A trusted proxy's chain that cannot be read is refused: it
 /// is never attributed to the proxy itself.
 pub fn client_address(state: &NodeState, head: &Head<'_>, peer: IpAddr) -> Result<IpAddr, Refused> {
+    // An IPv4 client of a dual-stack listener (`[::]:443`) is its IPv4 address, as a
+    // forwarded one is: in the audit, the registry (`disconnect --ip`) and upstream headers.
+    let peer = peer.to_canonical();
     if state.trusted.is_empty() || !state.trusted.contains(peer) {
         return Ok(peer);
     }
