@@ -316,6 +316,12 @@ async fn egress_alert_disconnects_the_subject() {
     p.egress.alert_bytes_per_minute = 1000;
     p.egress.action = palisade_policy::model::EgressAction::Disconnect;
     let node = TestNode::start(Some(&p), |_| {}).await;
+    // The windows are the clock's minutes: start early in one, so that the reconnect
+    // below falls in the same window.
+    let into_minute = palisade_testkit::now() % 60;
+    if into_minute > 45 {
+        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
+    }
     let a = auth(&key.token_for("hog"));
     let (mut one, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("1");
     let (mut two, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("2");
@@ -325,6 +331,16 @@ async fn egress_alert_disconnects_the_subject() {
     assert_eq!(close_code(&mut one, Duration::from_secs(2)).await, Some(4003));
     assert_eq!(close_code(&mut two, Duration::from_secs(2)).await, Some(4003), "every session of the subject");
     assert_eq!(node.handle.state.counters().egress_alerts.load(Ordering::Relaxed), 1);
+    // A reconnect in the same window buys no fresh allowance: the first thing sent to it
+    // closes it with 4003 (no second alert).
+    let (mut again, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &a)]).await.expect("the handshake itself is allowed");
+    send(&mut again, "more").await;
+    assert_eq!(close_code(&mut again, Duration::from_secs(2)).await, Some(4003), "still over in this window");
+    assert_eq!(node.handle.state.counters().egress_alerts.load(Ordering::Relaxed), 1, "one alert per window");
+    // Another subject is not affected.
+    let (mut other, _) = node.ws("/echo", &[ORIGIN, ("Authorization", &auth(&key.token_for("light")))]).await.expect("other");
+    send(&mut other, "hi").await;
+    assert_eq!(text(&mut other).await, "hi");
 
     // `action: log` (the default) alerts once and disconnects nobody.
     let mut p = policy(&[&key]);

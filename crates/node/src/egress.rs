@@ -1,7 +1,8 @@
 //! Egress accounting per subject (SPEC section 4): bytes sent to a subject's sessions in
 //! fixed one-minute windows; crossing `egress.alert_bytes_per_minute` raises one alert per
 //! window (log event and metric) and, with `action: disconnect`, closes the subject's
-//! sessions with 4003.
+//! sessions with 4003, and again every session of that subject that is sent anything
+//! more in the same window (a reconnect does not buy a fresh allowance).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -27,10 +28,20 @@ impl Default for EgressMeter {
     }
 }
 
+/// Where a subject stands after [`EgressMeter::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    Under,
+    /// The total just crossed the threshold: the window's one alert.
+    Crossed,
+    /// Over the threshold since an earlier write of this window.
+    Over,
+}
+
 impl EgressMeter {
-    /// Adds `bytes` for `subject` in the window `minute`. Returns true exactly once per
-    /// window: when the total first exceeds `threshold`.
-    pub fn add(&self, subject: &str, bytes: u64, threshold: u64, minute: u64) -> bool {
+    /// Adds `bytes` for `subject` in the window `minute`: [`Egress::Crossed`] exactly once
+    /// per window, when the total first exceeds `threshold`, then [`Egress::Over`].
+    pub fn add(&self, subject: &str, bytes: u64, threshold: u64, minute: u64) -> Egress {
         let shard = &self.shards[(self.hasher.hash_one(subject) as usize) % SHARDS];
         let mut m = shard.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() > 50_000 {
@@ -44,11 +55,14 @@ impl EgressMeter {
             *w = Window { minute, bytes: 0, alerted: false };
         }
         w.bytes = w.bytes.saturating_add(bytes);
-        if w.bytes > threshold && !w.alerted {
-            w.alerted = true;
-            return true;
+        match (w.bytes > threshold, w.alerted) {
+            (false, _) => Egress::Under,
+            (true, false) => {
+                w.alerted = true;
+                Egress::Crossed
+            }
+            (true, true) => Egress::Over,
         }
-        false
     }
 }
 
@@ -57,13 +71,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_alert_per_window() {
+    fn one_alert_per_window_then_over() {
         let m = EgressMeter::default();
-        assert!(!m.add("a", 60, 100, 1));
-        assert!(m.add("a", 60, 100, 1));
-        assert!(!m.add("a", 500, 100, 1), "already alerted in this window");
-        assert!(!m.add("b", 60, 100, 1), "subjects are separate");
-        assert!(!m.add("a", 60, 100, 2), "a new window starts from zero");
-        assert!(m.add("a", 60, 100, 2));
+        assert_eq!(m.add("a", 60, 100, 1), Egress::Under);
+        assert_eq!(m.add("a", 60, 100, 1), Egress::Crossed);
+        assert_eq!(m.add("a", 1, 100, 1), Egress::Over, "already alerted in this window, still over");
+        assert_eq!(m.add("b", 60, 100, 1), Egress::Under, "subjects are separate");
+        assert_eq!(m.add("a", 60, 100, 2), Egress::Under, "a new window starts from zero");
+        assert_eq!(m.add("a", 60, 100, 2), Egress::Crossed);
     }
 }

@@ -22,7 +22,7 @@ use tokio::io::AsyncWrite;
 
 use super::Limits;
 use super::close;
-use crate::registry::{Command, ConnCounters};
+use crate::registry::ConnCounters;
 use crate::state::NodeState;
 
 /// Frames waiting to be written to one peer, and the batch being written.
@@ -289,7 +289,7 @@ impl Outbox {
         self.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         self.node.counters.messages_out.fetch_add(messages, Ordering::Relaxed);
         self.node.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-        self.account_egress(bytes);
+        egress::account(&self.node, &self.subject, bytes);
     }
 
     /// The answer to a client Ping.
@@ -333,41 +333,6 @@ impl Outbox {
         self.unowned = 0;
         polled
     }
-
-    /// Per-subject egress: one alert per window, and the subject's sessions closed with
-    /// 4003 when the policy says `action: disconnect`.
-    fn account_egress(&self, n: u64) {
-        // Per write: read the two settings without taking a reference on the policy.
-        let Some((threshold, action)) = self.node.policy.with(|p| p.map(|p| (p.egress_alert_bytes_per_minute, p.egress_action))) else {
-            return;
-        };
-        let minute = crate::handshake::unix_now() / 60;
-        if self.node.egress.add(&self.subject, n, threshold, minute) {
-            self.node.counters.egress_alerts.fetch_add(1, Ordering::Relaxed);
-            let disconnect = action == palisade_policy::model::EgressAction::Disconnect;
-            tracing::warn!(
-                event = "egress_alert",
-                node = %self.node.id,
-                enduser.id = %self.subject,
-                threshold_bytes_per_minute = threshold,
-                action = if disconnect { "disconnect" } else { "log" },
-            );
-            self.node.events.publish(|| crate::events::Event {
-                kind: crate::events::kind::EGRESS_ALERT,
-                subject: self.subject.to_string(),
-                result: "alert",
-                code: if disconnect { "disconnect" } else { "log" }.into(),
-                count: threshold,
-                ..Default::default()
-            });
-            if disconnect {
-                self.node.registry.dispatch(
-                    &crate::registry::Selector::Subject(self.subject.to_string()),
-                    Command::Close { code: close::REVOKED, reason: "egress limit".into() },
-                );
-            }
-        }
-    }
 }
 
 impl Drop for Outbox {
@@ -376,6 +341,7 @@ impl Drop for Outbox {
     }
 }
 
+mod egress;
 mod encode;
 pub use encode::Out;
 use encode::encode_out;
