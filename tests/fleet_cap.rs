@@ -176,3 +176,36 @@ async fn with_etcd_away_the_node_falls_back_to_its_own_cap_and_recovers() {
     assert_eq!(open(&node, &key, "gina").await.expect_err("fleet cap 1 again").code, "too_many_connections");
     drop(other);
 }
+
+/// A release that etcd does not answer (etcd frozen for 2 s: shorter than the lease,
+/// longer than the request timeout) is retried until it is done, on the same lease: the
+/// subject's cap is whole again, not one slot short for the node's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_during_an_etcd_stall_is_retried_until_done() {
+    let etcd = Etcd::spawn().await;
+    let pki = Arc::new(Pki::new());
+    let key = TestKey::generate("k", "ES256");
+    let endpoint = etcd.endpoint();
+    let node = TestNode::start_in(pki.clone(), Some(&capped(&key, 1)), move |cfg| {
+        let mut e = EtcdConfig::new(vec![endpoint]);
+        e.lease_ttl_seconds = 10;
+        e.timeout_ms = 300;
+        cfg.etcd = Some(e);
+    })
+    .await;
+    let mut registered = node.handle.state.etcd().expect("etcd").registered();
+    tokio::time::timeout(Duration::from_secs(10), registered.wait_for(|r| *r)).await.expect("registered").expect("watch");
+    let slots = "/palisade/test/users/ZG9yYQ/"; // the subject, base64url
+    let mut ws = open(&node, &key, "dora").await.expect("the one slot");
+    assert_eq!(etcd.keys(slots).await.len(), 1);
+
+    etcd.pause();
+    ws.send(Message::Close(None)).await.expect("close");
+    drop(ws);
+    // The first attempts time out (300 ms each) while etcd is frozen.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    etcd.resume();
+    eventually(Duration::from_secs(6), "the slot released once etcd answers", || async { etcd.keys(slots).await.is_empty().then_some(()) })
+        .await;
+    let _again = open(&node, &key, "dora").await.expect("the cap is whole again");
+}

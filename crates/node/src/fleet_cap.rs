@@ -8,7 +8,10 @@
 //! With etcd unreachable (or the node not registered yet) the node falls back to its
 //! per-node cap: the handshake is not refused for want of etcd; the fallback is counted
 //! and logged. After an outage longer than the lease TTL the old lease's slots are gone,
-//! so sessions that outlived it no longer count fleet-wide until they end.
+//! so sessions that outlived it no longer count fleet-wide until they end. A release that
+//! etcd does not answer (a slow election, a partition shorter than the lease) is retried
+//! in the background until it succeeds or the lease that held the slot is gone: a blip
+//! never shrinks a subject's cap for the node's life.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +24,9 @@ use crate::etcd::{ClusterError, Etcd};
 /// At most this many slot transactions per handshake (after one read of the held ones).
 const MAX_TRIES: usize = 8;
 
+/// The longest wait between two attempts to release a slot.
+const RELEASE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A slot held for a session's life; dropping it deletes the key (in the background).
 pub struct FleetSlot {
     etcd: Arc<Etcd>,
@@ -31,17 +37,10 @@ pub struct FleetSlot {
 
 impl Drop for FleetSlot {
     fn drop(&mut self) {
-        let etcd = self.etcd.clone();
-        let key = std::mem::take(&mut self.key);
-        let holder = std::mem::take(&mut self.conn_id);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = etcd.delete_slot(&key, &holder).await {
-                    // The lease still bounds it: the key goes with the node.
-                    tracing::debug!(event = "fleet_slot_release_failed", error = %e);
-                }
-            });
-        }
+        // The slot was taken under the lease the node holds now, or under an older one,
+        // whose keys are gone already (the delete then finds nothing to delete).
+        let lease = self.etcd.lease_id.load(Ordering::Acquire);
+        self.etcd.release_slot(std::mem::take(&mut self.key), std::mem::take(&mut self.conn_id), lease);
     }
 }
 
@@ -53,6 +52,28 @@ pub enum Reserved {
 }
 
 impl Etcd {
+    /// Deletes `key` if `holder` still holds it, in the background, retrying with backoff
+    /// while etcd does not answer, until it is done or the node no longer holds `lease`
+    /// (a new lease means the old one, and every key under it, is gone).
+    fn release_slot(self: &Arc<Self>, key: String, holder: String, lease: i64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let etcd = self.clone();
+        rt.spawn(async move {
+            let mut wait = std::time::Duration::from_millis(100);
+            for attempt in 1u32.. {
+                match etcd.delete_slot(&key, &holder).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(event = "fleet_slot_release_failed", attempt, error = %e),
+                }
+                if lease == 0 || etcd.lease_id.load(Ordering::Acquire) != lease {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RELEASE_BACKOFF_MAX);
+            }
+        });
+    }
+
     /// Deletes `key` if `holder` still holds it: a slot that went with an old lease and
     /// was taken by another session since is left alone.
     async fn delete_slot(&self, key: &str, holder: &str) -> Result<(), ClusterError> {
@@ -88,8 +109,9 @@ impl Etcd {
                 Ok(_) => {}
                 Err(e) => {
                     // The transaction may have committed after all: release what it may
-                    // hold, so that a timeout never leaks a slot for the node's life.
-                    let _ = self.delete_slot(&key, conn_id).await;
+                    // hold (retried until etcd answers), so that a timeout never leaks a
+                    // slot for the node's life. The handshake falls back to the node's cap.
+                    self.release_slot(key, conn_id.to_owned(), lease);
                     return Err(e);
                 }
             }

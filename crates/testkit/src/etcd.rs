@@ -98,6 +98,22 @@ impl Etcd {
         }
     }
 
+    /// Freezes the process (SIGSTOP): its sockets stay open and nothing is answered, as
+    /// with a stalled etcd (a slow election). [`Etcd::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("etcd is running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Kills the process (SIGKILL) and waits for it; the data directory stays.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
