@@ -253,7 +253,7 @@ impl NodeControl for NodeControlService {
             } else {
                 10
             };
-            if frame > limit {
+            if frame as u64 + crate::session::ENTRY_OVERHEAD > limit as u64 {
                 return Err(Status::invalid_argument(format!(
                     "payload: {n} bytes do not fit a client's outgoing buffer (limits.messages.max_buffered_bytes = {limit})"
                 )));

@@ -19,6 +19,7 @@ mod machine;
 mod outbox;
 
 pub use limits::Limits;
+pub use outbox::ENTRY_OVERHEAD;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

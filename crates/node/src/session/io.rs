@@ -230,8 +230,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin> Io<C,
     fn upstream_buffered(&mut self) -> Option<IoEvent> {
         let u = self.up.as_mut().filter(|u| !u.failed)?;
         // A message from the upstream must fit the client's outgoing buffer, frame header
-        // included (at most 14 bytes).
-        let limit = usize::try_from(self.outbox.limits.max_buffered_bytes()).unwrap_or(usize::MAX).saturating_sub(14);
+        // (at most 14 bytes) and queue entry included.
+        let limit = usize::try_from(self.outbox.limits.max_buffered_bytes().saturating_sub(14 + super::outbox::ENTRY_OVERHEAD))
+            .unwrap_or(usize::MAX);
         loop {
             if u.assembler.is_idle()
                 && let Some(run) = u.dec.take_run(limit, |binary, p| binary || std::str::from_utf8(p).is_ok(), || [0; 4])

@@ -1,6 +1,7 @@
 //! Everything queued for a client or an upstream, and how it is written. Every frame
-//! queued for the client counts toward `max_buffered_bytes` by its wire size, control
-//! frames (Pong, Close) included, so a client that never reads cannot grow the node's
+//! queued for the client counts toward `max_buffered_bytes` by its wire size plus its
+//! queue entry ([`ENTRY_OVERHEAD`]), control frames (Pong, Close) included, so a client
+//! that never reads (or is sent a flood of empty frames) cannot grow the node's
 //! memory: over the limit it is closed with 4013. The queue itself is unbounded only in
 //! count; its bytes are bounded by that accounting. The upstream's queue is bounded in
 //! count: while it is full the session reads nothing more from the client.
@@ -121,11 +122,11 @@ impl Wire {
                     && let Some(item) = self.queue.pop_front()
                 {
                     if skip(&item) {
-                        release(item.cost());
+                        release(item.accounted());
                     } else {
                         let mask = rng.as_mut().map(|r| r.random::<[u8; 4]>());
                         self.closed = encode_out(&mut self.buf, &item, mask);
-                        self.in_flight += item.cost();
+                        self.in_flight += item.accounted();
                     }
                 }
                 if self.buf.is_empty() {
@@ -174,7 +175,7 @@ impl Wire {
     fn finish(&mut self, release: &mut impl FnMut(u64)) {
         self.done = true;
         self.closed = true;
-        let rest = std::mem::take(&mut self.in_flight) + self.queue.drain(..).map(|o| o.cost()).sum::<u64>();
+        let rest = std::mem::take(&mut self.in_flight) + self.queue.drain(..).map(|o| o.accounted()).sum::<u64>();
         if rest > 0 {
             release(rest);
         }
@@ -224,7 +225,7 @@ impl Outbox {
     /// Accounts `o` and queues it; over `max_buffered_bytes` it is refused (unless
     /// `force`: the node's own Close).
     fn queue(&mut self, o: Out, force: bool) -> Result<(), SlowConsumer> {
-        let n = o.cost();
+        let n = o.accounted();
         let before = self.counters.buffered.load(Ordering::Relaxed);
         if !force && before + n > self.limits.max_buffered_bytes() {
             return Err(SlowConsumer);
@@ -343,8 +344,8 @@ impl Drop for Outbox {
 
 mod egress;
 mod encode;
-pub use encode::Out;
 use encode::encode_out;
+pub use encode::{ENTRY_OVERHEAD, Out};
 
 /// Frames encoded per batch at most (one write and one flush per batch).
 const BATCH_BYTES: usize = 64 * 1024;

@@ -24,8 +24,19 @@ pub enum Out {
     Frames(Bytes),
 }
 
+/// What one queued entry costs beside its bytes: its slot in the queue. Charged to
+/// `max_buffered_bytes` with every entry, so that many tiny frames (empty messages, the
+/// Pongs to empty Pings) cannot hold far more memory than the limit says.
+pub const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Out>() as u64;
+const _: () = assert!(ENTRY_OVERHEAD >= 24, "an entry holds at least a Bytes handle");
+
 impl Out {
-    /// Bytes on the wire, as accounted.
+    /// What the entry counts toward `max_buffered_bytes`: its wire size and its slot.
+    pub(super) fn accounted(&self) -> u64 {
+        self.cost() + ENTRY_OVERHEAD
+    }
+
+    /// Bytes on the wire.
     pub(super) fn cost(&self) -> u64 {
         let payload = match self {
             Out::Frames(f) => return f.len() as u64,

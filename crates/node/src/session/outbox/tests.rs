@@ -51,7 +51,7 @@ fn server_frames_are_not_masked_and_nothing_follows_a_close() {
     let h = parse_header_from(&out, 1024, false).expect("valid").expect("complete");
     assert_eq!((h.opcode, &out[h.header_len..h.header_len + 2]), (OP_CLOSE, &4003u16.to_be_bytes()[..]));
     assert_eq!(out.len(), h.header_len + h.len, "nothing is written after the close frame");
-    assert_eq!(released, (2 + 2 + 7) + (2 + 4), "the dropped frame's accounting is released too");
+    assert_eq!(released, (2 + 2 + 7) + (2 + 4) + 2 * ENTRY_OVERHEAD, "the dropped frame's accounting is released too");
     assert!(w.done && w.push(Out::Ping).is_err(), "a closed wire takes nothing more");
 }
 
@@ -66,7 +66,7 @@ fn accounting_is_released_once_written_and_the_buffer_given_back() {
     assert_eq!(w.unwritten().len(), 5);
     assert!(w.busy());
     let mut out = Vec::new();
-    assert_eq!(drain(&mut w, &mut out), 5);
+    assert_eq!(drain(&mut w, &mut out), 5 + ENTRY_OVERHEAD, "wire size and queue entry");
     assert_eq!(out.len(), 5);
     assert!(!w.busy());
     assert_eq!(w.buf.capacity(), 0, "an idle wire holds no write buffer");
@@ -91,4 +91,29 @@ fn data_waiting_for_a_slow_client_owns_its_bytes() {
     w.own_last(5);
     assert_eq!(w.queued().filter(|o| in_read(o)).count(), 0, "none is a view of the read any more");
     assert!(w.queued().all(|o| matches!(o, Out::Data { data, .. } if data[..] == [7u8; 10])), "the same bytes");
+}
+
+/// Empty frames cost their queue entry too: a flood of them reaches the limit (4013) at
+/// about `max_buffered_bytes / (2 + ENTRY_OVERHEAD)` entries, not at half a million for
+/// a 1 MiB limit.
+#[test]
+fn a_flood_of_empty_frames_is_bounded_by_its_entries() {
+    let config = crate::config::NodeConfig::from_toml(
+        "[listen]\nwss = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[routes]]\npath = \"/echo\"\necho = true\n",
+    )
+    .expect("config");
+    let state = crate::state::NodeState::new(config).expect("state");
+    let policy = palisade_policy::Policy::from_yaml_or_json(
+        "limits: { messages: { max_bytes: 1024, max_buffered_bytes: 1024 } }\norigins: { allow: [\"https://app.example.com\"] }\nauth:\n  keys:\n    - { kid: k1, alg: HS256, secret_base64: \"cGFsaXNhZGUtZnV6ei1zZWNyZXQtMDEyMzQ1Njc4OWFi\" }\n",
+    )
+    .expect("policy")
+    .compile(1)
+    .expect("compiles");
+    let mut outbox = Outbox::new(state, Arc::new(ConnCounters::default()), Arc::new(Limits::new(&policy)), "alice");
+    let mut queued = 0u64;
+    while outbox.data(false, Bytes::new()).is_ok() {
+        queued += 1;
+        assert!(queued <= 1024, "an empty frame must cost more than its 2 wire bytes");
+    }
+    assert_eq!(queued, 1024 / (2 + ENTRY_OVERHEAD), "each entry counts 2 + {ENTRY_OVERHEAD} bytes");
 }
