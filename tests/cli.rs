@@ -155,6 +155,39 @@ async fn dev_prints_a_token_and_a_working_websocat_command() {
     // The printed command, exactly as printed, through a shell.
     let out = Command::new("bash").arg("-c").arg(cmd.trim()).output().await.expect("run websocat");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello", "websocat stderr: {}", String::from_utf8_lossy(&out.stderr));
+    // Without etcd, a node drained through the controller leaves its directory, so the
+    // next policy change converges over the nodes that are left.
+    let exports = dev.wait_for("export PALISADE_CONTROLLER").await;
+    let env: Vec<(String, String)> = exports
+        .trim()
+        .trim_start_matches("export ")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let ops = |args: Vec<String>| {
+        let env = env.clone();
+        async move {
+            let out = Command::new(BIN).args(&args).envs(env).output().await.expect("run");
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let second = endpoints["nodes"][1]["id"].as_str().expect("id").to_owned();
+    let (code, _, err) = ops(vec!["drain".into(), second.clone(), "--deadline".into(), "1".into()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = ops(vec!["nodes".into(), "-o".into(), "json".into()]).await;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if v.as_array().is_some_and(|a| a.len() == 1 && a[0]["id"] != second.as_str()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the drained node never left: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let policy_file = d.join("policy.yaml").display().to_string();
+    let (code, out, err) = ops(vec!["policy".into(), "apply".into(), "-f".into(), policy_file, "-o".into(), "json".into()]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(r#""converged": true"#), "{out}");
     // A token minted by the CLI with the dev key is accepted too.
     let minted = Command::new(BIN)
         .args(["token", "mint", "--key", d.join("signing-key.pem").to_str().expect("p"), "--kid", "dev", "--sub", "bob", "--ttl", "15m"])
@@ -283,4 +316,14 @@ async fn dev_runs_the_fleet_on_a_real_etcd_when_given() {
     assert!(status.success(), "{status}");
     // Drained nodes deregistered.
     assert!(etcd.keys("/palisade/dev/nodes/").await.is_empty());
+    // Another directory has another dev key than the policy left in etcd: refused with a
+    // clear error, rather than printing a token the fleet would refuse.
+    let other = dir.path().join("other");
+    let out = Command::new(BIN)
+        .args(["dev", "--dir", other.to_str().expect("p"), "--nodes", "1", "--etcd", &etcd.endpoint()])
+        .output()
+        .await
+        .expect("run dev");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trusts another `dev` key"), "{}", String::from_utf8_lossy(&out.stderr));
 }

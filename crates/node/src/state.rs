@@ -204,6 +204,11 @@ impl NodeState {
         palisade_policy::client_addr::rate_key(ip, self.config.ipv6_prefix_len)
     }
 
+    /// Resolves once the node stopped (after a drain, or `NodeHandle::stop`).
+    pub async fn stopped(&self) {
+        let _ = self.stop_tx.subscribe().wait_for(|s| *s).await;
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }

@@ -279,7 +279,26 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
         Some(c) => {
             let store = palisade_controller::store::FleetPolicy::etcd(c.clone(), CLUSTER);
             match store.put(&bootstrap, 0).await {
-                Ok(_) | Err(palisade_controller::store::StoreError::Conflict { .. }) => {}
+                Ok(_) => {}
+                // A policy left by an earlier run wins, unless it trusts another `dev`
+                // key (an earlier --dir): the token printed below would then be refused.
+                Err(palisade_controller::store::StoreError::Conflict { .. }) => {
+                    let stored = store.get().await.map_err(|e| anyhow::anyhow!("cannot read the policy in etcd: {e}"))?;
+                    let dev_pem = |p: &palisade_policy::Policy| {
+                        p.auth.keys.iter().find(|k| k.kid == "dev").and_then(|k| k.public_key_pem.as_deref().map(|s| s.trim().to_owned()))
+                    };
+                    if let Some((p, _)) = &stored
+                        && let Some(theirs) = dev_pem(p)
+                        && Some(theirs) != dev_pem(&bootstrap)
+                    {
+                        anyhow::bail!(
+                            "the policy in etcd ({}) trusts another `dev` key than {}: it was stored by a dev fleet with another --dir. \
+                             Start with that --dir, or delete the key /palisade/{CLUSTER}/policy to start afresh",
+                            opts.etcd.as_deref().unwrap_or_default(),
+                            files.signing_key.display()
+                        );
+                    }
+                }
                 Err(e) => anyhow::bail!("cannot store the bootstrap policy in etcd: {e}"),
             }
             store
@@ -301,9 +320,18 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevFleet> {
     // the nodes.
     let node_tls = palisade_plane::ControlTls::load(&files.controller_cert, &files.controller_key, &files.ca)?;
     let directory = palisade_controller::directory::Directory::new(Some(node_tls.clone()), std::time::Duration::from_secs(5));
-    let controller = palisade_controller::Controller::new(CLUSTER.into(), directory, store, 64);
+    let controller = palisade_controller::Controller::new(CLUSTER.into(), directory.clone(), store, 64);
     if etcd.is_none() {
         controller.add_static(nodes.iter().map(record).collect());
+        // Without etcd nothing deregisters a node: one drained (`palisade drain`) leaves
+        // the controller's directory when it stops, as it would leave etcd's registry.
+        for h in &nodes {
+            let (state, directory) = (h.state.clone(), directory.clone());
+            tokio::spawn(async move {
+                state.stopped().await;
+                directory.remove(state.id());
+            });
+        }
     }
     let tls = node_tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
