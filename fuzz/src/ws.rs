@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use palisade_node::fuzzing::{Inbound, Queued};
+use palisade_node::fuzzing::{ENTRY_OVERHEAD, Inbound, Queued};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::model::MessagesDoc;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -180,11 +180,13 @@ pub fn model(input: &Input<'_>) -> (Vec<Inbound>, Vec<Queued>) {
             9 if pings >= input.burst => Inbound::PingFlood,
             9 => {
                 pings += 1;
-                // A Pong costs its wire size: two header bytes and the payload.
-                if buffered + payload.len() + 2 > input.max_buffered() {
+                // A Pong costs its wire size (two header bytes and the payload) and its
+                // queue entry.
+                let cost = payload.len() + 2 + ENTRY_OVERHEAD as usize;
+                if buffered + cost > input.max_buffered() {
                     Inbound::SlowConsumer
                 } else {
-                    buffered += payload.len() + 2;
+                    buffered += cost;
                     queued.push(Queued::Pong(payload));
                     continue;
                 }

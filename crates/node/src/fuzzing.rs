@@ -4,6 +4,7 @@
 pub use crate::handshake::{Refused, carrier, client_address, origin, route, subprotocols, valid_upgrade};
 pub use crate::http::{Head, HeadError, MAX_HEAD, MAX_HEADERS, accept_key, parse_head};
 pub use crate::refusal::Refusal;
+pub use crate::session::ENTRY_OVERHEAD;
 pub use crate::session::fuzzing::*;
 pub use crate::tickets::store::{MemoryTickets, TicketRecord, new_ticket_id, plausible_id};
 pub use crate::tickets::{cors_origin, request_origin as ticket_request_origin};
