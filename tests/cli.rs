@@ -29,6 +29,15 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Captured {
     Captured { child, lines }
 }
 
+/// The variables of the `export K=V ...` line dev prints for operator commands.
+fn exported(line: &str) -> Vec<(String, String)> {
+    line.trim()
+        .trim_start_matches("export ")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
 impl Captured {
     async fn wait_for(&self, needle: &str) -> String {
         for _ in 0..300 {
@@ -158,12 +167,7 @@ async fn dev_prints_a_token_and_a_working_websocat_command() {
     // Without etcd, a node drained through the controller leaves its directory, so the
     // next policy change converges over the nodes that are left.
     let exports = dev.wait_for("export PALISADE_CONTROLLER").await;
-    let env: Vec<(String, String)> = exports
-        .trim()
-        .trim_start_matches("export ")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect();
+    let env = exported(&exports);
     let ops = |args: Vec<String>| {
         let env = env.clone();
         async move {
@@ -285,12 +289,7 @@ async fn dev_runs_the_fleet_on_a_real_etcd_when_given() {
     let mut dev = spawn(&["dev", "--dir", d.to_str().expect("p"), "--nodes", "2", "--etcd", &etcd.endpoint()], &[]);
     let cmd = dev.wait_for("websocat").await;
     let exports = dev.wait_for("export PALISADE_CONTROLLER").await;
-    let env: Vec<(String, String)> = exports
-        .trim()
-        .trim_start_matches("export ")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect();
+    let env = exported(&exports);
     assert_eq!(env.len(), 4, "{exports}");
     // Both nodes registered in etcd, and the controller sees them through it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -124,6 +124,13 @@ impl Fleet {
         self.open_with(node, &self.key.token_for(sub)).await
     }
 
+    /// Stores the test policy as the fleet's (through the CLI), converged on every node.
+    async fn store_policy(&self) {
+        let file = self.pki.dir.path().join("stored-policy.yaml");
+        std::fs::write(&file, policy(&[&self.key]).to_yaml()).expect("w");
+        assert_eq!(self.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await["converged"], true);
+    }
+
     async fn open_with(&self, node: usize, token: &str) -> palisade_testkit::Ws {
         self.nodes[node].ws("/echo", &[ORIGIN, ("Authorization", &format!("Bearer {token}"))]).await.expect("open").0
     }
@@ -140,9 +147,7 @@ async fn echoes(ws: &mut palisade_testkit::Ws, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_from_a_stale_get_is_refused() {
     let f = fleet(1).await;
-    let seed = f.pki.dir.path().join("seed.yaml");
-    std::fs::write(&seed, policy(&[&f.key]).to_yaml()).expect("w");
-    assert_eq!(f.json(&["policy", "apply", "-f", seed.to_str().expect("p")]).await["converged"], true);
+    f.store_policy().await;
     let (code, got, err) = f.cli(&["policy", "get"]).await;
     assert_eq!(code, 0, "{err}");
     let read_at: u64 = got.lines().next().and_then(|l| l.strip_prefix("# version ")).and_then(|v| v.parse().ok()).expect("# version N");
@@ -178,9 +183,7 @@ async fn an_apply_from_a_stale_get_is_refused() {
 async fn disconnect_and_revoke_reach_exactly_what_they_name() {
     let f = fleet(2).await;
     // Revocations change the fleet's stored policy: store one first.
-    let file = f.pki.dir.path().join("p.yaml");
-    std::fs::write(&file, policy(&[&f.key]).to_yaml()).expect("w");
-    assert_eq!(f.json(&["policy", "apply", "-f", file.to_str().expect("p")]).await["converged"], true);
+    f.store_policy().await;
     // stats --watch answers again every second: a session opened meanwhile shows in a
     // later answer.
     let watch = tokio::process::Command::new(BIN)

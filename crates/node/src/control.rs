@@ -246,14 +246,7 @@ impl NodeControl for NodeControlService {
         if let Some(policy) = self.state.policy.load() {
             let limit = policy.limits.messages.max_buffered_bytes;
             let n = req.payload.len();
-            let frame = n + if n <= 125 {
-                2
-            } else if n <= 65_535 {
-                4
-            } else {
-                10
-            };
-            if frame as u64 + crate::session::ENTRY_OVERHEAD > limit as u64 {
+            if !crate::session::fits_client_buffer(n, limit as u64) {
                 return Err(Status::invalid_argument(format!(
                     "payload: {n} bytes do not fit a client's outgoing buffer (limits.messages.max_buffered_bytes = {limit})"
                 )));

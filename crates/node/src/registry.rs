@@ -103,7 +103,7 @@ impl Registry {
             Selector::Conn(c) => i.conn_id == *c,
             Selector::Subject(s) => i.subject == *s,
             Selector::Session(j) => i.jti.as_deref() == Some(j.as_str()),
-            Selector::Client(ip) => i.client == ip.to_canonical(),
+            Selector::Client(ip) => i.client == *ip,
             Selector::All => true,
         }
     }

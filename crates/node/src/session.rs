@@ -19,7 +19,7 @@ mod machine;
 mod outbox;
 
 pub use limits::Limits;
-pub use outbox::ENTRY_OVERHEAD;
+pub use outbox::{ENTRY_OVERHEAD, fits_client_buffer};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

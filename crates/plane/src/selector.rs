@@ -27,7 +27,10 @@ impl Selector {
             Some(Target::ConnId(c)) => Some(Selector::Conn(c.clone())),
             Some(Target::Subject(s)) => Some(Selector::Subject(s.clone())),
             Some(Target::Session(j)) => Some(Selector::Session(j.clone())),
-            Some(Target::ClientAddress(a)) => Some(Selector::Client(a.parse().map_err(|_| BadSelector)?)),
+            // IPv4-mapped IPv6 names the IPv4 client: sessions record client addresses so.
+            Some(Target::ClientAddress(a)) => {
+                Some(Selector::Client(a.parse::<std::net::IpAddr>().map_err(|_| BadSelector)?.to_canonical()))
+            }
             Some(Target::All(true)) => Some(Selector::All),
         })
     }
@@ -59,6 +62,11 @@ mod tests {
         assert_eq!(
             Selector::from_proto(Some(&sel(Target::ClientAddress("::1".into())))),
             Ok(Some(Selector::Client("::1".parse().expect("ip"))))
+        );
+        assert_eq!(
+            Selector::from_proto(Some(&sel(Target::ClientAddress("::ffff:10.0.0.1".into())))),
+            Ok(Some(Selector::Client("10.0.0.1".parse().expect("ip")))),
+            "IPv4-mapped is the IPv4 address"
         );
         assert_eq!(Selector::from_proto(Some(&sel(Target::ClientAddress("nope".into())))), Err(BadSelector));
     }

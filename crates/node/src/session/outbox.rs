@@ -347,6 +347,12 @@ mod encode;
 use encode::encode_out;
 pub use encode::{ENTRY_OVERHEAD, Out};
 
+/// Whether a server message of `payload` bytes can ever be queued for a client whose
+/// outgoing buffer holds `max_buffered_bytes`: its frame and its queue entry.
+pub fn fits_client_buffer(payload: usize, max_buffered_bytes: u64) -> bool {
+    (payload + super::frames::header_len(payload, false)) as u64 + ENTRY_OVERHEAD <= max_buffered_bytes
+}
+
 /// Frames encoded per batch at most (one write and one flush per batch).
 const BATCH_BYTES: usize = 64 * 1024;
 
